@@ -1,0 +1,202 @@
+"""Settings as dataclasses, read from the YAML files in ``tasks/`` and ``agents/``.
+
+Every field has a one-line docstring (the comment above it) and is validated
+before any work starts: an unknown key, a wrong type or a value out of range
+raises :class:`SettingsError` naming the key, the value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class SettingsError(ValueError):
+    """A settings file or option holds a key or value that is not valid."""
+
+
+def _settings_dir(kind: str) -> Path:
+    """The folder holding the shipped settings of ``kind`` (tasks, agents, sweeps).
+
+    In a wheel they sit inside the package (``gradinstructor/_settings``); in a
+    source checkout or an editable install, at the repository's top level.
+    """
+    packaged = Path(str(resources.files("gradinstructor"))) / "_settings" / kind
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / kind
+
+
+def known_names(kind: str) -> list[str]:
+    """Names of the shipped settings files of ``kind``, sorted."""
+    folder = _settings_dir(kind)
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def settings_path(kind: str, name: str) -> Path:
+    """Path of the settings file called ``name`` (or ``name`` itself if it is a file).
+
+    Raises:
+        SettingsError: if no such settings exist; the message lists the known names.
+    """
+    as_path = Path(name)
+    if as_path.suffix in {".yaml", ".yml"} and as_path.is_file():
+        return as_path
+    path = _settings_dir(kind) / f"{name}.yaml"
+    if not path.is_file():
+        known = known_names(kind)
+        hint = _suggest(name, known)
+        raise SettingsError(
+            f"unknown {kind[:-1]} {name!r}{hint}; known {kind}: {', '.join(known)} "
+            "(or pass the path of a .yaml file)"
+        )
+    return path
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a settings file with ``yaml.safe_load``; it must hold a mapping."""
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _check_type(where: str, key: str, value: Any, hint: Any) -> Any:
+    """Coerce ``value`` to the annotated type ``hint`` or raise SettingsError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_type(where, key, value, args[0])
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(hint)[:1]
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"{where}: {key} must be a list, but got {value!r}")
+        return [_check_type(where, f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SettingsError(f"{where}: {key} must be a mapping, but got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SettingsError(f"{where}: {key} must be true or false, but got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingsError(f"{where}: {key} must be an integer, but got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{where}: {key} must be a number, but got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SettingsError(f"{where}: {key} must be a string, but got {value!r}")
+        return value
+    return value
+
+
+T = typing.TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """Build the settings dataclass ``cls`` from ``data``, validating every key.
+
+    Args:
+        cls: a dataclass whose fields are the valid keys.
+        data: the raw mapping (from YAML or the CLI).
+        where: what to name in error messages (a file path or "--option").
+
+    Raises:
+        SettingsError: unknown key (with the nearest valid one), wrong type, or a
+            value that the class's ``validate`` rejects.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise SettingsError(
+                f"{where}: unknown key {key!r}{_suggest(str(key), names)}; "
+                f"valid keys: {', '.join(names)}"
+            )
+        kwargs[key] = _check_type(where, key, value, hints[key])
+    try:
+        obj = cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise SettingsError(f"{where}: {err}") from None
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(where)
+    return obj
+
+
+def require(where: str, key: str, ok: bool, value: Any, valid: str) -> None:
+    """Raise SettingsError naming key, value and the valid range unless ``ok``."""
+    if not ok:
+        raise SettingsError(f"{where}: {key} must be {valid}, but got {value!r}")
+
+
+@dataclasses.dataclass
+class AgentConfig:
+    """Settings of the RL agent that trains the ENN (one file in ``agents/``)."""
+
+    # Name of these settings.
+    name: str
+    # The stable-baselines3 algorithm: "ppo" or "a2c".
+    algorithm: str = "ppo"
+    # Target networks trained side by side (one environment each).
+    n_envs: int = 4
+    # Segments per environment in one rollout.
+    n_steps: int = 10
+    # Minibatch size of a PPO update (PPO only).
+    batch_size: int = 40
+    # Passes over a rollout per PPO update (PPO only).
+    n_epochs: int = 10
+    # Learning rate of actor and critic.
+    learning_rate: float = 3e-4
+    # Discount; 1 makes the value the expected final accuracy.
+    gamma: float = 1.0
+    # GAE lambda; 1 makes the critic's target the Monte-Carlo return.
+    gae_lambda: float = 1.0
+    # Entropy bonus.
+    ent_coef: float = 0.0
+    # Weight of the value loss.
+    vf_coef: float = 1.0
+    # The action in [-1, 1] maps linearly to an ENN strength in [0, max_strength].
+    max_strength: float = 30.0
+
+    def validate(self, where: str) -> None:
+        require(where, "algorithm", self.algorithm in ("ppo", "a2c"), self.algorithm,
+                "one of: ppo, a2c")
+        for key in ("n_envs", "n_steps", "batch_size", "n_epochs"):
+            require(where, key, getattr(self, key) >= 1, getattr(self, key), "at least 1")
+        require(where, "learning_rate", self.learning_rate > 0, self.learning_rate, "positive")
+        require(where, "gamma", 0 < self.gamma <= 1, self.gamma, "in (0, 1]")
+        require(where, "gae_lambda", 0 <= self.gae_lambda <= 1, self.gae_lambda, "in [0, 1]")
+        require(where, "ent_coef", self.ent_coef >= 0, self.ent_coef, "non-negative")
+        require(where, "vf_coef", self.vf_coef > 0, self.vf_coef, "positive")
+        require(where, "max_strength", self.max_strength >= 0, self.max_strength,
+                "non-negative")
+
+
+def load_agent_config(name: str, **overrides: Any) -> AgentConfig:
+    """Read agent settings by name (``agents/NAME.yaml``) or path, with overrides."""
+    path = settings_path("agents", name)
+    data = read_yaml(path)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(AgentConfig, data, str(path))

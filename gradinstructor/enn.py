@@ -1,0 +1,261 @@
+"""The Evaluation Neural Network (ENN): a small CNN that scores a network from its weights.
+
+The ENN reads the weight images of a target network (see :mod:`render`) and the
+fraction of the training budget already used, and outputs one score in [0, 1]:
+the validation accuracy it predicts the network will have at the end of its
+budget. One convolutional trunk is shared by all layer images; each layer's
+pooled features are joined with per-layer statistics and a learned
+layer-position embedding; a head maps them and the progress to the score.
+
+In the RL loop the ENN *is* the critic of the actor-critic agent (see
+:mod:`agent`), so the value of a state is the predicted final accuracy.
+
+Example:
+    >>> from gradinstructor.tasks import build_mlp
+    >>> net = build_mlp([64, 32, 10])
+    >>> enn = ENN(layer_shapes_of(net))
+    >>> float(enn.score(net, progress=0.0)) <= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradinstructor import __version__
+from gradinstructor.render import (
+    CHANNELS,
+    DEFAULT_RATIO,
+    check_ratio,
+    image_shape,
+    layer_shapes,
+    render_weights,
+)
+
+FORMAT_VERSION = 1
+layer_shapes_of = layer_shapes
+
+
+class CheckpointError(ValueError):
+    """An ENN checkpoint cannot be used: wrong format, version or target network."""
+
+
+@dataclasses.dataclass
+class ENNConfig:
+    """Architecture of the ENN."""
+
+    # (out, in) shape of each weight matrix of the target network, in order.
+    layer_shapes: list
+    # Rendering ratio per side (0.15 in the paper).
+    ratio: float = DEFAULT_RATIO
+    # Channels of the convolutional trunk.
+    width: int = 16
+    # Size of the layer-position embedding.
+    embed: int = 8
+    # Hidden units of the head.
+    hidden: int = 64
+
+    def __post_init__(self) -> None:
+        self.layer_shapes = [tuple(int(v) for v in s) for s in self.layer_shapes]
+        check_ratio(self.ratio)
+        for key in ("width", "embed", "hidden"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"ENN {key} must be at least 1, but got {getattr(self, key)}")
+        if not self.layer_shapes:
+            raise ValueError("ENN layer_shapes must name at least one weight matrix")
+
+    @property
+    def image_shapes(self) -> list[tuple[int, int]]:
+        return [image_shape(r, c, self.ratio) for r, c in self.layer_shapes]
+
+
+class Trunk(nn.Module):
+    """Two 3x3 convolutions shared by every layer image: (B, C, H, W) -> (B, width, H, W)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(CHANNELS, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.act(self.conv1(image))))
+
+
+N_STATS = 3  # per layer: mean of the mean channel, mean and std of the RMS channel
+
+
+class ENN(nn.Module):
+    """Evaluation network: weight images + progress -> predicted final accuracy in [0, 1]."""
+
+    def __init__(self, config: ENNConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        self.config = config if config is not None else ENNConfig(**kwargs)
+        n_layers = len(self.config.layer_shapes)
+        width, embed = self.config.width, self.config.embed
+        self.trunk = Trunk(width)
+        self.layer_embedding = nn.Parameter(torch.randn(n_layers, embed) * 0.1)
+        per_layer = width + N_STATS + embed
+        self.head = nn.Sequential(
+            nn.Linear(n_layers * per_layer + 1, self.config.hidden),
+            nn.ReLU(),
+            nn.Linear(self.config.hidden, 1),
+        )
+        self.metadata: dict[str, Any] = {}
+        self.actor_payload: dict | None = None  # the agent's schedule, if trained by RL
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.config.layer_shapes)
+
+    def layer_features(self, image: torch.Tensor, index: int) -> torch.Tensor:
+        """Features of layer ``index``'s image (B, C, H, W) -> (B, width + N_STATS + embed)."""
+        pooled = self.trunk(image).mean(dim=(2, 3))  # (B, width)
+        mean_ch, rms_ch = image[:, 0], image[:, 1]
+        stats = torch.stack(
+            [mean_ch.mean(dim=(1, 2)), rms_ch.mean(dim=(1, 2)),
+             rms_ch.flatten(1).std(dim=1, unbiased=False)], dim=1)  # (B, 3)
+        embedding = self.layer_embedding[index].expand(image.shape[0], -1)
+        return torch.cat([pooled, stats, embedding], dim=1)
+
+    def head_score(self, features: list[torch.Tensor], progress: torch.Tensor) -> torch.Tensor:
+        """Score from per-layer features and progress (B,) -> (B,)."""
+        joined = torch.cat([*features, progress.reshape(-1, 1)], dim=1)
+        return torch.sigmoid(self.head(joined)).squeeze(1)
+
+    def forward(self, images: list[torch.Tensor], progress: torch.Tensor) -> torch.Tensor:
+        """Score a batch of networks.
+
+        Args:
+            images: one tensor per layer, shape (B, CHANNELS, H_l, W_l).
+            progress: fraction of the training budget used, shape (B,).
+
+        Returns:
+            Predicted final validation accuracy, shape (B,), in [0, 1].
+        """
+        if len(images) != self.n_layers:
+            raise ValueError(
+                f"this ENN reads {self.n_layers} layer images, but got {len(images)}"
+            )
+        features = [self.layer_features(img, i) for i, img in enumerate(images)]
+        return self.head_score(features, progress)
+
+    def score(self, model: nn.Module, progress: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """Score one target network; differentiable in its weights. Returns a 0-d tensor."""
+        self.check_model(model)
+        images = [img[None] for img in render_weights(model, self.config.ratio)]
+        progress_t = torch.as_tensor(progress, dtype=torch.float32).reshape(1)
+        device = images[0].device
+        return self.forward(images, progress_t.to(device))[0]
+
+    # Observations of the RL environment: {"layer0": (B, C*H*W), ..., "progress": (B, 1)}.
+    def images_from_obs(self, obs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for i, (height, width) in enumerate(self.config.image_shapes):
+            flat = obs[f"layer{i}"]
+            out.append(flat.reshape(flat.shape[0], CHANNELS, height, width))
+        return out
+
+    def forward_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Score a batch of observations -> (B, 1), the form SB3 expects of values."""
+        return self.forward(self.images_from_obs(obs), obs["progress"].reshape(-1))[:, None]
+
+    def check_model(self, model: nn.Module, ratio: float | None = None) -> None:
+        """Raise CheckpointError unless ``model`` has the weight shapes this ENN reads."""
+        if ratio is not None and abs(ratio - self.config.ratio) > 1e-12:
+            raise CheckpointError(
+                f"the ENN was trained on weight images at ratio {self.config.ratio}, "
+                f"but ratio={ratio} was asked for; use ratio={self.config.ratio} or "
+                "train an ENN at that ratio"
+            )
+        shapes = layer_shapes(model)
+        if len(shapes) != self.n_layers:
+            raise CheckpointError(
+                f"the ENN reads {self.n_layers} weight matrices {self.config.layer_shapes}, "
+                f"but {type(model).__name__} has {len(shapes)}: {shapes}; "
+                "train an ENN on this architecture (gradinstructor train-enn)"
+            )
+        if [tuple(s) for s in shapes] != self.config.layer_shapes:
+            raise CheckpointError(
+                f"the ENN was trained on layer shapes {self.config.layer_shapes}, but "
+                f"{type(model).__name__} has {shapes}; train an ENN on this architecture"
+            )
+
+    def save(self, path: str | os.PathLike, actor: dict | None = None,
+             **metadata: Any) -> Path:
+        """Write the ENN, its config and metadata to ``path`` atomically.
+
+        Args:
+            path: where to write (a ``.pt`` file).
+            actor: optional payload of the agent's strength schedule
+                (see :class:`gradinstructor.agent.ScheduleActor`), stored beside the ENN.
+            **metadata: recorded in the checkpoint (task, steps, diagnostics, ...).
+        """
+        self.metadata.update(metadata)
+        if actor is not None:
+            self.actor_payload = actor
+        payload = {
+            "format": "gradinstructor-enn",
+            "format_version": FORMAT_VERSION,
+            "version": __version__,
+            "config": dataclasses.asdict(self.config),
+            "state_dict": self.state_dict(),
+            "metadata": self.metadata,
+            "actor": self.actor_payload,
+        }
+        return atomic_torch_save(payload, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ENN:
+        """Load an ENN written by :meth:`save`; never executes code from the file."""
+        payload = load_payload(path, "gradinstructor-enn", map_location)
+        config = payload["config"]
+        config["layer_shapes"] = [tuple(s) for s in config["layer_shapes"]]
+        enn = cls(ENNConfig(**config))
+        enn.load_state_dict(payload["state_dict"])
+        enn.metadata = dict(payload.get("metadata", {}))
+        enn.actor_payload = payload.get("actor")
+        return enn
+
+
+def atomic_torch_save(payload: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_payload(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True`` and check its format and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"{path} is not a checkpoint this version can read safely ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); only files written by "
+            "gradinstructor are accepted"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != kind:
+        raise CheckpointError(f"{path} is not a {kind} checkpoint")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {version!r}, newer than this gradinstructor "
+            f"({__version__}) reads (up to {FORMAT_VERSION}); upgrade gradinstructor"
+        )
+    return payload

@@ -1,0 +1,176 @@
+"""The RL environment: each episode trains a freshly initialised target network.
+
+* Episode: a target network of the task's architecture, with an initialisation
+  scheme, init scale and learning rate drawn from ranges (so the ENN sees varied
+  networks), trained for the task's epoch budget, cut into ``segments``.
+* Observation: the weight images of the network, flattened per layer, and the
+  progress: ``{"layer0": (C*H0*W0,), ..., "progress": (1,)}``. Flat vectors pass
+  both gymnasium's and stable-baselines3's checkers without warnings (SB3 warns
+  on float observations shaped like images); the ENN knows the image shapes.
+* Action: one number in [-1, 1], mapped linearly to the ENN strength in
+  [0, max_strength] for the next segment.
+* Reward: the validation accuracy at the end of the episode (0 before). With
+  gamma = 1 the value of a state is the expected final accuracy, so the critic
+  is the ENN.
+* During a segment each minibatch step uses ``loss - strength * ENN(weights)``
+  with the environment's copy of the current critic, synchronised by the agent
+  before every rollout.
+
+A non-finite loss ends the episode with reward 0 (``info["diverged"]``), so the
+learner is penalised instead of crashing.
+
+Example:
+    >>> from gradinstructor.tasks import load_task
+    >>> env = TargetTrainingEnv(load_task("digits"))
+    >>> obs, info = env.reset(seed=0)
+    >>> sorted(obs)
+    ['layer0', 'layer1', 'layer2', 'progress']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+
+from gradinstructor.enn import ENN, ENNConfig
+from gradinstructor.render import CHANNELS, DEFAULT_RATIO, render_weights, weight_matrices
+from gradinstructor.tasks import Task
+from gradinstructor.trainer import GradInstructor, accuracy, batch_order
+
+
+# Pixels are weights x sqrt(fan_in): about 1 for the usual initialisations.
+OBS_BOUND = 1e3
+
+
+def strength_from_action(action: Any, max_strength: float) -> float:
+    """Map an action in [-1, 1] (clipped) to a strength in [0, max_strength]."""
+    a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+    return (a + 1.0) / 2.0 * max_strength
+
+
+class TargetTrainingEnv(gym.Env):
+    """Trains one target network per episode; the agent sets the ENN strength per segment.
+
+    Args:
+        task: the task (data, architecture, optimiser, budget).
+        max_strength: strength at action +1.
+        ratio: rendering ratio of the weight images.
+        lr_range: the learning rate of an episode is the task's times a factor drawn
+            log-uniformly from this range.
+        scale_range: the initial weights are multiplied by a factor drawn from this range.
+        inits: initialisation schemes to draw from.
+        enn_config: architecture of the environment's ENN copy (must match the agent's).
+        enn_every: recompute the ENN gradient every this many minibatch steps.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, task: Task, max_strength: float = 30.0, ratio: float = DEFAULT_RATIO,
+                 lr_range: tuple[float, float] = (0.5, 2.0),
+                 scale_range: tuple[float, float] = (0.5, 1.5),
+                 inits: tuple[str, ...] = ("default", "he"),
+                 enn_config: ENNConfig | None = None, enn_every: int = 1) -> None:
+        super().__init__()
+        if max_strength < 0:
+            raise ValueError(f"max_strength must be non-negative, but got {max_strength}")
+        self.task = task
+        self.max_strength = max_strength
+        self.lr_range = lr_range
+        self.scale_range = scale_range
+        self.inits = inits
+        probe = task.build_model(seed=0)
+        shapes = [tuple(w.shape) for w in weight_matrices(probe)]
+        self.enn = ENN(enn_config or ENNConfig(layer_shapes=shapes, ratio=ratio))
+        self.enn.requires_grad_(False).eval()
+        self.image_shapes = self.enn.config.image_shapes
+        space = {f"layer{i}": spaces.Box(-OBS_BOUND, OBS_BOUND, (CHANNELS * h * w,), np.float32)
+                 for i, (h, w) in enumerate(self.image_shapes)}
+        space["progress"] = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.observation_space = spaces.Dict(space)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.segments = task.config.segments
+        self.enn_every = enn_every
+        self.model: torch.nn.Module | None = None
+
+    # -- synchronisation with the agent's critic
+    def set_enn_state(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load the current critic's parameters into this environment's ENN."""
+        self.enn.load_state_dict(state_dict)
+
+    # -- gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        net_seed = int(rng.integers(2**31 - 1))
+        init = self.inits[int(rng.integers(len(self.inits)))]
+        self.model = self.task.build_model(seed=net_seed, init=init)
+        scale = float(rng.uniform(*self.scale_range))
+        with torch.no_grad():
+            for w in weight_matrices(self.model):
+                w.mul_(scale)
+        lo, hi = np.log(self.lr_range[0]), np.log(self.lr_range[1])
+        self.lr = self.task.config.lr * float(np.exp(rng.uniform(lo, hi)))
+        self.optimizer = self.task.make_optimizer(self.model, self.lr)
+        cfg = self.task.config
+        self.batches = batch_order(len(self.task.data.train_y), cfg.batch_size, cfg.epochs,
+                                   seed=net_seed)
+        self.instructor = GradInstructor(self.model, self.enn, strength=0.0,
+                                         total_steps=self.task.total_steps,
+                                         every=self.enn_every)
+        self.segment = 0
+        self.strengths: list[float] = []
+        info = {"init": init, "scale": scale, "lr": self.lr, "net_seed": net_seed}
+        return self._observation(), info
+
+    def step(self, action):
+        if self.model is None:
+            raise RuntimeError("call reset() before step()")
+        strength = strength_from_action(action, self.max_strength)
+        self.instructor.strength = strength
+        self.strengths.append(strength)
+        diverged = not self._train_segment()
+        self.segment += 1
+
+        terminated = diverged or self.segment >= self.segments
+        info: dict[str, Any] = {"strength": strength, "diverged": diverged}
+        reward = 0.0
+        if terminated:
+            data = self.task.data
+            reward = 0.0 if diverged else accuracy(self.model, data.val_x, data.val_y)
+            info.update(val_acc=reward, mean_strength=float(np.mean(self.strengths)))
+        return self._observation(), float(reward), terminated, False, info
+
+    def _segment_steps(self) -> int:
+        """Minibatch steps in the current segment (the remainder goes to the last ones)."""
+        total, n = self.task.total_steps, self.segments
+        return total // n + (1 if self.segment >= n - total % n else 0)
+
+    def _train_segment(self) -> bool:
+        """Train for one segment; False if the loss or weights became non-finite."""
+        data = self.task.data
+        for _ in range(self._segment_steps()):
+            idx = next(self.batches)
+            loss = F.cross_entropy(self.model(data.train_x[idx]), data.train_y[idx])
+            total = self.instructor(loss)
+            if not torch.isfinite(total):
+                return False
+            self.optimizer.zero_grad()
+            total.backward()
+            self.optimizer.step()
+        return all(torch.isfinite(p).all() for p in self.model.parameters())
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            images = render_weights(self.model, self.enn.config.ratio)
+        obs = {f"layer{i}": img.reshape(-1).numpy().astype(np.float32)
+               for i, img in enumerate(images)}
+        # a diverged network would leave the space: clip (and zero NaNs) to keep it valid
+        obs = {k: np.clip(np.nan_to_num(v, nan=0.0), -OBS_BOUND, OBS_BOUND)
+               for k, v in obs.items()}
+        obs["progress"] = np.array([self.instructor.progress], dtype=np.float32)
+        return obs

@@ -1,0 +1,264 @@
+"""Universal backpropagation: the ENN as an extra term in any PyTorch training loop.
+
+For a target network with weights theta, a frozen ENN E and a strength lambda_t:
+
+    loss_total = loss_task(theta) - lambda_t * E(render(theta), progress)
+
+Only theta is updated; the ENN stays frozen. Two added lines wrap an existing loop:
+
+Example:
+    >>> import torch, torch.nn.functional as F
+    >>> from gradinstructor import ENN, GradInstructor
+    >>> from gradinstructor.tasks import build_mlp
+    >>> model = build_mlp([64, 32, 10])
+    >>> enn = ENN(layer_shapes=[(32, 64), (10, 32)])
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    >>> gi = GradInstructor(model, enn, strength=10.0, total_steps=100)   # added line 1
+    >>> x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+    >>> loss = F.cross_entropy(model(x), y)
+    >>> loss = gi(loss)                                                    # added line 2
+    >>> opt.zero_grad(); loss.backward(); opt.step()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradinstructor.enn import ENN
+from gradinstructor.render import weight_parameters
+
+if TYPE_CHECKING:
+    from gradinstructor.agent import ScheduleActor
+    from gradinstructor.tasks import Task
+
+Strength = Union[float, Callable[[float], float], "ScheduleActor"]
+
+
+class GradInstructor:
+    """Adds ``-strength * ENN(weights, progress)`` to the task loss of ``model``.
+
+    Args:
+        model: the target network; its 2-D weight matrices are what the ENN reads.
+        enn: a trained :class:`ENN`; it is frozen (no gradient reaches its parameters).
+        strength: a constant, a callable ``progress -> strength``, or a trained
+            :class:`~gradinstructor.agent.ScheduleActor`, which picks the strength
+            from the weights once per segment as it did in RL.
+        total_steps: optimiser steps in the whole run, so that progress = step / total.
+        segments: for an actor, how many times over the run it chooses a strength.
+        ratio: rendering ratio; must match the ENN's (default: the ENN's).
+        every: recompute the ENN gradient every ``every`` steps and reuse it in
+            between (the weights move little from one step to the next). With 1 the
+            added gradient is exactly ``-strength * dENN/dw`` at every step.
+
+    The term is added as a linear surrogate ``sum(g * w)`` with g = dENN/dw
+    (detached), so its gradient is exactly ``strength * g`` whichever step g
+    was computed at, and a reused g costs one multiply-add per weight.
+
+    Raises:
+        CheckpointError: the ENN was trained on other layer shapes or another ratio.
+        ValueError: a negative constant strength or a non-positive ``total_steps``.
+    """
+
+    def __init__(self, model: nn.Module, enn: ENN, strength: Strength = 1.0,
+                 total_steps: int = 1, segments: int = 10,
+                 ratio: float | None = None, every: int = 1) -> None:
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer, but got {total_steps!r}")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, but got {every!r}")
+        if isinstance(strength, (int, float)) and (strength < 0 or math.isnan(strength)):
+            raise ValueError(
+                f"strength must be non-negative (it scales gradient ascent on the ENN score), "
+                f"but got {strength!r}"
+            )
+        enn.check_model(model, ratio)  # also a clear error if the model has no weights
+        self.model = model
+        self.enn = enn.eval().requires_grad_(False)
+        self.strength = strength
+        self.total_steps = total_steps
+        self.segments = segments
+        self.every = every
+        self.step = 0
+        self.last_score = float("nan")
+        self.last_strength = 0.0
+        self._segment_strength: float | None = None
+        self._weights = weight_parameters(model)
+        self._enn_grads: list[torch.Tensor] | None = None  # dENN/dw, reused for `every` steps
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the training budget used, in [0, 1]."""
+        return min(1.0, self.step / self.total_steps)
+
+    def current_strength(self) -> float:
+        """The strength for the current step."""
+        strength = self.strength
+        if isinstance(strength, (int, float)):
+            return float(strength)
+        if hasattr(strength, "choose"):  # a ScheduleActor: one choice per segment
+            steps_per_segment = max(1, self.total_steps // self.segments)
+            if self._segment_strength is None or self.step % steps_per_segment == 0:
+                self._segment_strength = strength.choose(self.model, self.progress)
+            return self._segment_strength
+        return float(strength(self.progress))
+
+    def enn_gradient(self) -> list[torch.Tensor]:
+        """dENN/dw for each weight parameter at the current weights and progress."""
+        with torch.enable_grad():
+            score = self.enn.score(self.model, self.progress)
+            grads = torch.autograd.grad(score, self._weights)
+        self.last_score = float(score.detach())
+        return [g.detach() for g in grads]
+
+    def enn_term(self) -> torch.Tensor:
+        """A 0-d tensor whose gradient in the weights is ``strength * dENN/dw``."""
+        strength = self.current_strength()
+        self.last_strength = strength
+        if strength == 0.0:
+            return torch.zeros(())
+        if self._enn_grads is None or self.step % self.every == 0:
+            self._enn_grads = self.enn_gradient()
+        surrogate = sum((g * w).sum() for g, w in zip(self._enn_grads, self._weights))
+        return strength * surrogate
+
+    def __call__(self, loss: torch.Tensor) -> torch.Tensor:
+        """Return ``loss - strength * ENN(weights)`` and advance the step counter."""
+        total = loss - self.enn_term().to(loss.device)
+        self.step += 1
+        return total
+
+
+# --------------------------------------------------------------------------- target training
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Outcome of training one target network."""
+
+    train_acc: float
+    val_acc: float
+    test_acc: float
+    # Per epoch: train and validation accuracy, ENN strength and score, gradient norms.
+    curve: list[dict]
+    diverged: bool = False
+
+    @property
+    def gap(self) -> float:
+        """Train minus test accuracy, in points of accuracy (fraction x 100)."""
+        return 100.0 * (self.train_acc - self.test_acc)
+
+
+class DivergenceError(RuntimeError):
+    """Target training produced a non-finite loss or non-finite weights."""
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of ``x`` that ``model`` classifies as ``y`` (one full-batch pass)."""
+    with torch.no_grad():
+        return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+def batch_order(n: int, batch_size: int, epochs: int, seed: int) -> Iterator[torch.Tensor]:
+    """Index minibatches for ``epochs`` passes over n examples, shuffled from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        yield from order.split(batch_size)
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of |w| over the weight matrices (biases excluded)."""
+    return sum(w.abs().sum() for w in weight_parameters(model))
+
+
+def fit_target(task: Task, model: nn.Module, seed: int, instructor: GradInstructor | None = None,
+               l1: float = 0.0, method: str = "plain", lr: float | None = None) -> TrainResult:
+    """Train ``model`` on ``task`` for its epoch budget, optionally with the ENN term.
+
+    Args:
+        task: data, optimiser, batch size and epochs.
+        model: a freshly initialised target network.
+        seed: seeds the minibatch order (the initialisation was seeded by the caller).
+        instructor: adds the ENN term when given.
+        l1: coefficient of an L1 penalty on the weight matrices.
+        method: named in the error if training diverges.
+        lr: overrides the task's learning rate.
+
+    Raises:
+        DivergenceError: the loss or the weights became non-finite; names the step,
+            the method and the last finite loss.
+    """
+    data, cfg = task.data, task.config
+    optimizer = task.make_optimizer(model, lr)
+    steps_per_epoch = task.steps_per_epoch
+    curve: list[dict] = []
+    last_finite = float("nan")
+    task_norm = enn_norm = 0.0
+    for step, idx in enumerate(batch_order(len(data.train_y), cfg.batch_size, cfg.epochs, seed)):
+        loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+        if l1:
+            loss = loss + l1 * l1_penalty(model)
+        if instructor is not None and (step % steps_per_epoch) == 0:
+            # once per epoch: measure the size of the ENN gradient against the task's
+            task_norm, enn_norm = gradient_norms(model, loss, instructor)
+        total = instructor(loss) if instructor is not None else loss
+
+        if not torch.isfinite(total):
+            raise DivergenceError(
+                f"{method}: loss became {float(total)} at step {step} "
+                f"(epoch {step // steps_per_epoch}); last finite loss {last_finite:.4g}. "
+                "Lower the learning rate or the ENN strength"
+            )
+        last_finite = float(total)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+
+        if (step + 1) % steps_per_epoch == 0:
+            curve.append({
+                "epoch": (step + 1) // steps_per_epoch,
+                "loss": last_finite,
+                "train_acc": accuracy(model, data.train_x, data.train_y),
+                "val_acc": accuracy(model, data.val_x, data.val_y),
+                "strength": instructor.last_strength if instructor else 0.0,
+                "enn_score": instructor.last_score if instructor else float("nan"),
+                "task_grad_norm": task_norm,
+                "enn_grad_norm": enn_norm,
+            })
+    _check_finite_weights(model, method)
+    return TrainResult(
+        train_acc=accuracy(model, data.train_x, data.train_y),
+        val_acc=accuracy(model, data.val_x, data.val_y),
+        test_acc=accuracy(model, data.test_x, data.test_y),
+        curve=curve,
+    )
+
+
+def gradient_norms(model: nn.Module, task_loss: torch.Tensor,
+                   instructor: GradInstructor) -> tuple[float, float]:
+    """L2 norms of the task gradient and of the ENN term's gradient over the weights."""
+    task_grads = torch.autograd.grad(task_loss, weight_parameters(model), retain_graph=True)
+    strength = instructor.current_strength()
+    if strength == 0.0:
+        return _norm(task_grads), 0.0
+    return _norm(task_grads), strength * _norm(instructor.enn_gradient())
+
+
+def _norm(grads) -> float:
+    return float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads)))
+
+
+def _check_finite_weights(model: nn.Module, method: str) -> None:
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise DivergenceError(
+                f"{method}: parameter {name} holds non-finite values after training; "
+                "lower the learning rate or the ENN strength"
+            )
