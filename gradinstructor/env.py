@@ -42,7 +42,6 @@ from gradinstructor.render import CHANNELS, DEFAULT_RATIO, render_weights, weigh
 from gradinstructor.tasks import Task
 from gradinstructor.trainer import GradInstructor, accuracy, batch_order
 
-
 # Pixels are weights x sqrt(fan_in): about 1 for the usual initialisations.
 OBS_BOUND = 1e3
 

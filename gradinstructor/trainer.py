@@ -216,7 +216,7 @@ def fit_target(task: Task, model: nn.Module, seed: int, instructor: GradInstruct
                 f"(epoch {step // steps_per_epoch}); last finite loss {last_finite:.4g}. "
                 "Lower the learning rate or the ENN strength"
             )
-        last_finite = float(total)
+        last_finite = float(total.detach())
         optimizer.zero_grad()
         total.backward()
         optimizer.step()

@@ -1,0 +1,205 @@
+"""Command line: ``gradinstructor train-enn | compare | explain | report | demo``.
+
+Run ``gradinstructor COMMAND --help`` for each command's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from gradinstructor import __version__
+from gradinstructor.compare import METHODS
+
+logger = logging.getLogger("gradinstructor")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, but got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, but got {text!r}")
+    return value
+
+
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise argparse.ArgumentTypeError(
+            f"unknown method {bad[0] if bad else text!r}; valid methods: {', '.join(METHODS)}")
+    return methods
+
+
+def _strength(text: str):
+    if text == "actor":
+        return "actor"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'actor' or a non-negative number, but got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be 'actor' or a non-negative number, but got {text!r}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, task: bool = True) -> None:
+    if task:
+        p.add_argument("--task", default="mnist5k",
+                       help="task name (tasks/NAME.yaml) or path of a task file (default: mnist5k)")
+        p.add_argument("--data-dir", default=None,
+                       help="where torchvision data sets are stored (mnist, fashion-mnist)")
+    p.add_argument("--out", type=Path, default=Path("runs/latest"),
+                   help="run folder to write into (default: runs/latest)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--tracker", choices=["wandb", "none"], default="none",
+                   help="where to log metrics; wandb runs offline unless logged in")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradinstructor",
+        description="Grad-Instructor: train an Evaluation Neural Network (ENN) by RL and use "
+                    "it as an extra term in the backpropagation of target networks.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log messages (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train-enn", help="train an ENN by reinforcement learning",
+                       description="Train an ENN (the critic of a PPO/A2C agent) and a strength "
+                                   "schedule (its actor); writes RUN/enn.pt.")
+    _common(p)
+    p.add_argument("--agent", default="ppo",
+                   help="agent settings name (agents/NAME.yaml) or path (default: ppo)")
+    p.add_argument("--timesteps", type=_positive_int, default=2000,
+                   help="segments to play, over all environments (default: 2000)")
+    p.add_argument("--enn-every", type=_positive_int, default=1,
+                   help="recompute the ENN gradient every K minibatch steps (default: 1)")
+
+    p = sub.add_parser("compare", help="compare plain, L1, He, ENN and He+ENN over seeds",
+                       description="Train target networks with each method over seeds; writes "
+                                   "RUN/results.json and prints the table.")
+    _common(p)
+    p.add_argument("--enn", type=Path, default=None,
+                   help="ENN checkpoint (default: RUN/enn.pt if it exists)")
+    p.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds (default: 5)")
+    p.add_argument("--methods", type=_methods, default=list(METHODS),
+                   help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--strength", type=_strength, default="actor",
+                   help="ENN strength: 'actor' (the trained schedule) or a number")
+    p.add_argument("--enn-every", type=_positive_int, default=1,
+                   help="recompute the ENN gradient every K minibatch steps (default: 1)")
+
+    p = sub.add_parser("explain", help="Grad-CAM of the ENN on a target network",
+                       description="Train a target network with the ENN term and save Grad-CAM "
+                                   "maps of the ENN beside its weights in RUN/gradcam/.")
+    _common(p)
+    p.add_argument("--enn", type=Path, default=None,
+                   help="ENN checkpoint (default: RUN/enn.pt)")
+    p.add_argument("--layer", default=None,
+                   help="ENN layer for Grad-CAM (default: its last convolution)")
+
+    p = sub.add_parser("report", help="write the HTML dashboard of a run folder")
+    p.add_argument("run", type=Path, help="run folder")
+
+    p = sub.add_parser("demo", help="train-enn, compare, explain and report on mnist5k",
+                       description="The whole pipeline on the embedded MNIST digits: prints the "
+                                   "comparison table and the path of the HTML report.")
+    p.add_argument("--quick", action="store_true", help="tiny budgets (about a minute)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"),
+                   help="run folder (default: runs/demo)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--tracker", choices=["wandb", "none"], default="wandb",
+                   help="wandb (offline unless logged in; default) or none")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def _load_enn(args) -> object:
+    from gradinstructor.enn import ENN
+
+    path = args.enn or args.out / "enn.pt"
+    return ENN.load(path)
+
+
+def _run(args) -> int:
+    from gradinstructor import pipeline
+    from gradinstructor.tracking import make_tracker
+
+    progress = not args.no_progress
+    if args.command == "report":
+        print(pipeline.stage_report(args.run))
+        return 0
+    if args.command == "demo":
+        pipeline.demo(args.out, quick=args.quick, seed=args.seed, tracker_kind=args.tracker,
+                      progress_bar=progress)
+        return 0
+
+    from gradinstructor.tasks import load_task
+
+    task = load_task(args.task, data_dir=args.data_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tracker = make_tracker(args.tracker, directory=args.out, name=args.command,
+                           config={k: str(v) for k, v in vars(args).items()})
+    try:
+        if args.command == "train-enn":
+            pipeline.stage_train_enn(task, args.out, agent=args.agent, timesteps=args.timesteps,
+                                     seed=args.seed, enn_every=args.enn_every, tracker=tracker,
+                                     progress_bar=progress)
+            print(f"ENN checkpoint: {args.out / 'enn.pt'}")
+        elif args.command == "compare":
+            from gradinstructor.compare import ENN_METHODS, format_table
+
+            needs_enn = any(m in ENN_METHODS for m in args.methods)
+            enn = _load_enn(args) if needs_enn else None
+            strength = None if args.strength == "actor" else args.strength
+            results = pipeline.stage_compare(task, args.out, enn, seeds=list(range(args.seeds)),
+                                             methods=args.methods, strength=strength,
+                                             enn_every=args.enn_every, tracker=tracker,
+                                             progress_bar=progress)
+            print(format_table(results))
+            print(f"results: {args.out / 'results.json'}")
+        elif args.command == "explain":
+            paths = pipeline.stage_explain(task, args.out, _load_enn(args), seed=args.seed,
+                                           layer=args.layer, tracker=tracker)
+            print("\n".join(str(p) for p in paths))
+    finally:
+        tracker.finish()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+    from gradinstructor.config import SettingsError
+    from gradinstructor.enn import CheckpointError
+    from gradinstructor.tasks import DatasetUnavailableError
+    from gradinstructor.trainer import DivergenceError
+
+    try:
+        return _run(args)
+    except (SettingsError, CheckpointError, DatasetUnavailableError, DivergenceError,
+            ValueError, FileNotFoundError) as err:
+        print(f"gradinstructor {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gradinstructor {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

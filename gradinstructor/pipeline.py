@@ -1,0 +1,227 @@
+"""The stages as functions over a run folder: train-enn, compare, explain, report, demo.
+
+Each stage reads and writes files in one run folder, so the CLI, tests and
+users' scripts drive the same code:
+
+    RUN/enn.pt            the ENN checkpoint (with the actor's schedule)
+    RUN/train_enn.json    RL episodes and ENN metadata
+    RUN/results.json      the comparison
+    RUN/gradcam/*.png     Grad-CAM images
+    RUN/report.html       the dashboard
+    RUN/wandb/            the offline wandb run
+    RUN/run_info.json     seed, settings and package versions
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradinstructor.compare import METHODS, TABLE_COLUMNS, compare, format_table, table_rows
+from gradinstructor.config import load_agent_config
+from gradinstructor.enn import ENN
+from gradinstructor.tasks import Task, load_task
+from gradinstructor.tracking import NullTracker, Tracker
+from gradinstructor.trainer import GradInstructor, fit_target
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENN_EVERY = 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, default=_jsonable))
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def record_run_info(run_dir: Path, stage: str, settings: dict) -> None:
+    """Add this stage's seed, settings and package versions to ``run_info.json``."""
+    path = run_dir / "run_info.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    versions = {}
+    for pkg in ("gradinstructor", "torch", "stable-baselines3", "gymnasium", "captum",
+                "numpy", "wandb"):
+        try:
+            versions[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            versions[pkg] = None
+    info[stage] = {"settings": settings, "python": sys.version.split()[0],
+                   "platform": platform.platform(), "packages": versions}
+    write_json(path, info)
+
+
+def stage_train_enn(task: Task, run_dir: Path, agent: str = "ppo", timesteps: int = 2000,
+                    seed: int = 0, enn_every: int = DEFAULT_ENN_EVERY,
+                    tracker: Tracker | None = None, progress_bar: bool = True,
+                    agent_overrides: dict | None = None) -> ENN:
+    """Train an ENN by RL and write ``enn.pt`` and ``train_enn.json``."""
+    from gradinstructor.agent import train_enn
+
+    agent_cfg = load_agent_config(agent, **(agent_overrides or {}))
+    seed_everything(seed)
+    result = train_enn(task, agent_cfg, total_timesteps=timesteps, seed=seed,
+                       enn_every=enn_every, tracker=tracker, progress_bar=progress_bar)
+    result.enn.save(run_dir / "enn.pt")
+    write_json(run_dir / "train_enn.json",
+               {"metadata": result.enn.metadata, "episodes": result.episodes})
+    record_run_info(run_dir, "train-enn", {"task": task.name, "agent":
+                                           dataclasses.asdict(agent_cfg),
+                                           "timesteps": timesteps, "seed": seed,
+                                           "enn_every": enn_every})
+    if tracker is not None:
+        for episode in result.episodes[-1:]:
+            tracker.log({"rl/final_val_acc": episode["val_acc"]})
+    return result.enn
+
+
+def stage_compare(task: Task, run_dir: Path, enn: ENN | None, seeds: list[int],
+                  methods: list[str] | tuple[str, ...] = METHODS, strength: Any = None,
+                  enn_every: int = DEFAULT_ENN_EVERY, tracker: Tracker | None = None,
+                  progress_bar: bool = True) -> dict:
+    """Compare the methods over seeds; write ``results.json``; return the results."""
+    from tqdm.auto import tqdm
+
+    tracker = tracker or NullTracker()
+    bar = tqdm(total=len(methods) * len(seeds), desc="compare", unit="run",
+               disable=not progress_bar, leave=False)
+    counter = {"n": 0}
+
+    def on_run(method: str, record: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(method=method, test=f"{record['test_acc']:.3f}")
+        counter["n"] += 1
+        for point in record["curve"]:
+            tracker.log({f"train/{method}/val_acc": point["val_acc"],
+                         f"train/{method}/strength": point["strength"]})
+        tracker.log({f"eval/{method}/test_acc": record["test_acc"],
+                     f"eval/{method}/gap": record["gap"]})
+
+    try:
+        results = compare(task, enn, methods=methods, seeds=seeds, strength=strength,
+                          enn_every=enn_every, on_run=on_run)
+    finally:
+        bar.close()
+    write_json(run_dir / "results.json", results)
+    tracker.log_table("eval/comparison", TABLE_COLUMNS, table_rows(results))
+    record_run_info(run_dir, "compare", {"task": task.name, "seeds": seeds,
+                                         "methods": list(methods),
+                                         "strength": results["strength"],
+                                         "enn_every": enn_every})
+    return results
+
+
+def stage_explain(task: Task, run_dir: Path, enn: ENN, seed: int = 0,
+                  layer: str | None = None, tracker: Tracker | None = None) -> list[Path]:
+    """Grad-CAM of the ENN on a target network trained with the ENN term; PNGs in gradcam/."""
+    from gradinstructor.agent import load_actor
+    from gradinstructor.explain import gradcam, resolve_layer, save_maps
+
+    resolve_layer(enn, layer)  # fail before training on a bad layer name
+    model = task.build_model(seed=seed)
+    initial = gradcam(enn, model, progress=0.0, layer=layer)
+    strength = load_actor(enn) or 10.0
+    instructor = GradInstructor(model, enn, strength=strength, total_steps=task.total_steps,
+                                segments=task.config.segments)
+    fit_target(task, model, seed, instructor=instructor, method="enn")
+    final = gradcam(enn, model, progress=1.0, layer=layer)
+    out = run_dir / "gradcam"
+    paths = save_maps(initial, out, prefix="init", title="at initialisation")
+    paths += save_maps(final, out, prefix="trained", title="after ENN-augmented training")
+    if tracker is not None:
+        for path in paths:
+            tracker.log_image(f"explain/{path.stem}", path, caption=path.stem)
+    return paths
+
+
+def stage_report(run_dir: Path) -> Path:
+    from gradinstructor.report import write_report
+
+    return write_report(run_dir)
+
+
+@dataclasses.dataclass
+class DemoBudget:
+    """Budgets of ``demo`` (full) and ``demo --quick``."""
+
+    timesteps: int
+    seeds: int
+
+
+DEMO_FULL = DemoBudget(timesteps=2000, seeds=5)
+DEMO_QUICK = DemoBudget(timesteps=80, seeds=2)
+
+
+def demo(run_dir: Path, quick: bool = False, task_name: str = "mnist5k", seed: int = 0,
+         tracker_kind: str = "wandb", progress_bar: bool = True,
+         echo=print) -> dict:
+    """Train an ENN by RL, compare the methods, explain the ENN, write the report."""
+    from gradinstructor.tracking import make_tracker
+
+    budget = DEMO_QUICK if quick else DEMO_FULL
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = load_task(task_name)
+    if quick:
+        task = shrink_task(task)
+    tracker = make_tracker(tracker_kind, directory=run_dir, name=run_dir.name,
+                           config={"task": task.name, "quick": quick, "seed": seed,
+                                   "timesteps": budget.timesteps, "seeds": budget.seeds})
+    try:
+        echo(f"[1/4] training the ENN by RL on {task.name} ({budget.timesteps} segments)")
+        enn = stage_train_enn(task, run_dir, timesteps=budget.timesteps, seed=seed,
+                              tracker=tracker, progress_bar=progress_bar)
+        echo(f"[2/4] comparing {', '.join(METHODS)} over {budget.seeds} seeds")
+        results = stage_compare(task, run_dir, enn, seeds=list(range(budget.seeds)),
+                                tracker=tracker, progress_bar=progress_bar)
+        echo("[3/4] Grad-CAM on the ENN")
+        stage_explain(task, run_dir, enn, seed=seed, tracker=tracker)
+        echo("[4/4] writing the report")
+        report = stage_report(run_dir)
+    finally:
+        tracker.finish()
+    echo(format_table(results))
+    echo(f"report: {report}")
+    echo(f"done in {time.perf_counter() - start:.0f} s")
+    return results
+
+
+def shrink_task(task: Task, train: int = 600, epochs: int = 3) -> Task:
+    """A smaller copy of ``task`` for quick runs: fewer training examples and epochs."""
+    data = dataclasses.replace(task.data, train_x=task.data.train_x[:train],
+                               train_y=task.data.train_y[:train])
+    config = dataclasses.replace(task.config, epochs=epochs, segments=min(task.config.segments, 4))
+    return Task(config=config, data=data)
