@@ -216,8 +216,9 @@ class ENNSyncCallback(BaseCallback):
             self._bar.update(self.training_env.num_envs)
             recent = self.episodes[-20:]
             if recent:
-                self._bar.set_postfix(val_acc=f"{np.mean([e['val_acc'] for e in recent]):.3f}",
-                                      strength=f"{np.mean([e['mean_strength'] for e in recent]):.1f}")
+                acc = np.mean([e["val_acc"] for e in recent])
+                strength = np.mean([e["mean_strength"] for e in recent])
+                self._bar.set_postfix(val_acc=f"{acc:.3f}", strength=f"{strength:.1f}")
         return True
 
     def _on_training_end(self) -> None:
@@ -292,7 +293,8 @@ def train_enn(task: Task, agent: AgentConfig, total_timesteps: int, seed: int = 
         ValueError: ``total_timesteps`` is not a positive integer.
     """
     if not isinstance(total_timesteps, int) or total_timesteps < 1:
-        raise ValueError(f"total_timesteps must be a positive integer, but got {total_timesteps!r}")
+        raise ValueError(
+            f"total_timesteps must be a positive integer, but got {total_timesteps!r}")
     torch.manual_seed(seed)
     probe = task.build_model(seed=0)
     enn_config = enn_config or ENNConfig(layer_shapes=layer_shapes(probe))

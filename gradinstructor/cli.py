@@ -52,7 +52,8 @@ def _strength(text: str):
 def _common(p: argparse.ArgumentParser, task: bool = True) -> None:
     if task:
         p.add_argument("--task", default="mnist5k",
-                       help="task name (tasks/NAME.yaml) or path of a task file (default: mnist5k)")
+                       help="task name (tasks/NAME.yaml) or path of a task file "
+                            "(default: mnist5k)")
         p.add_argument("--data-dir", default=None,
                        help="where torchvision data sets are stored (mnist, fashion-mnist)")
     p.add_argument("--out", type=Path, default=Path("runs/latest"),

@@ -79,9 +79,7 @@ def _check_type(where: str, key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _check_type(where, key, value, args[0])
+        return None if value is None else _check_type(where, key, value, args[0])
     if origin in (list, tuple):
         (inner,) = typing.get_args(hint)[:1]
         if not isinstance(value, (list, tuple)):
@@ -91,6 +89,10 @@ def _check_type(where: str, key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, dict):
             raise SettingsError(f"{where}: {key} must be a mapping, but got {value!r}")
         return dict(value)
+    return _check_scalar(where, key, value, hint)
+
+
+def _check_scalar(where: str, key: str, value: Any, hint: Any) -> Any:
     if hint is bool:
         if not isinstance(value, bool):
             raise SettingsError(f"{where}: {key} must be true or false, but got {value!r}")

@@ -86,7 +86,8 @@ class WandbTracker:
         self.run.log(dict(metrics), step=step)
 
     def log_table(self, name, columns, rows) -> None:
-        self.run.log({name: self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+        table = self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+        self.run.log({name: table})
 
     def log_image(self, name, path, step=None, caption="") -> None:
         self.run.log({name: self._wandb.Image(str(path), caption=caption)}, step=step)
