@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gradinstructor import __version__
@@ -84,8 +85,83 @@ class Trunk(nn.Module):
         self.conv2 = nn.Conv2d(width, width, 3, padding=1)
         self.act = nn.ReLU()
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv2(self.act(self.conv1(image))))
+    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the trunk; ``mask`` (1, 1, H, W), if given, zeroes the first layer's output.
+
+        The mask is what lets several layer images share one canvas (see
+        :class:`CanvasLayout`): zeroing the gaps between them after the first
+        convolution makes the second one see exactly the zero padding it sees on a
+        lone image.
+        """
+        hidden = self.act(self.conv1(image))
+        if mask is not None:
+            hidden = hidden * mask
+        return self.act(self.conv2(hidden))
+
+
+class CanvasLayout:
+    """Where each layer image sits on one shared canvas, so the trunk runs once for all.
+
+    The images are placed side by side along the longer common axis (a horizontal
+    strip when the images are wide, a vertical one when they are tall), one zero
+    pixel apart. With the trunk's mask (the union of the images) a 3x3 convolution
+    stack gives, inside each image, exactly what it gives on the image alone: the
+    gap and the bottom/right margins play the role of the zero padding.
+    For the mnist5k MLP (images 15x118, 15x15, 4x15) the canvas is 15x150, 2,250
+    pixels for 2,055 image pixels, against 5,310 if each were padded to the largest.
+
+    Args:
+        image_shapes: (H_l, W_l) of each layer image, in order.
+    """
+
+    def __init__(self, image_shapes: list[tuple[int, int]]) -> None:
+        heights = [h for h, _ in image_shapes]
+        widths = [w for _, w in image_shapes]
+        gaps = len(image_shapes) - 1
+        horizontal = max(heights) * (sum(widths) + gaps) <= max(widths) * (sum(heights) + gaps)
+        self.horizontal = horizontal
+        self.shapes = list(image_shapes)
+        self.offsets: list[tuple[int, int]] = []  # (row, col) of each image's top-left
+        along = 0
+        for h, w in image_shapes:
+            self.offsets.append((0, along) if horizontal else (along, 0))
+            along += (w if horizontal else h) + 1
+        along -= 1
+        self.height = max(heights) if horizontal else along
+        self.width = along if horizontal else max(widths)
+        pixels = self.height * self.width
+        mask = torch.zeros(self.height, self.width)
+        average = torch.zeros(pixels, len(image_shapes))  # (P, L): mean over each image
+        member = torch.zeros(len(image_shapes), pixels)  # (L, P): 1 on the image's pixels
+        for i, ((h, w), (r, c)) in enumerate(zip(image_shapes, self.offsets)):
+            region = torch.zeros(self.height, self.width)
+            region[r:r + h, c:c + w] = 1.0
+            mask += region
+            average[:, i] = region.flatten() / (h * w)
+            member[i] = region.flatten()
+        self.mask = mask[None, None]  # (1, 1, Hc, Wc)
+        self.average = average
+        self.member = member
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> CanvasLayout:
+        """Move the layout's tensors (in place) to ``device`` and ``dtype``."""
+        self.mask = self.mask.to(device, dtype)
+        self.average = self.average.to(device, dtype)
+        self.member = self.member.to(device, dtype)
+        return self
+
+    def pack(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Lay out (B, C, H_l, W_l) images on one zero canvas: (B, C, Hc, Wc)."""
+        parts = []
+        last = len(images) - 1
+        for i, image in enumerate(images):
+            h, w = image.shape[-2:]
+            if self.horizontal:  # pad below to the canvas height and one gap column right
+                pad = (0, 0 if i == last else 1, 0, self.height - h)
+            else:
+                pad = (0, self.width - w, 0, 0 if i == last else 1)
+            parts.append(F.pad(image, pad))
+        return torch.cat(parts, dim=3 if self.horizontal else 2)
 
 
 N_STATS = 3  # per layer: mean of the mean channel, mean and std of the RMS channel
@@ -107,6 +183,8 @@ class ENN(nn.Module):
             nn.ReLU(),
             nn.Linear(self.config.hidden, 1),
         )
+        # Plain attribute, not a buffer: derived from the config, so kept out of checkpoints.
+        self._canvas = CanvasLayout(self.config.image_shapes)
         self.metadata: dict[str, Any] = {}
         self.actor_payload: dict | None = None  # the agent's schedule, if trained by RL
 
@@ -143,8 +221,50 @@ class ENN(nn.Module):
             raise ValueError(
                 f"this ENN reads {self.n_layers} layer images, but got {len(images)}"
             )
-        features = [self.layer_features(img, i) for i, img in enumerate(images)]
-        return self.head_score(features, progress)
+        for i, (img, shape) in enumerate(zip(images, self.config.image_shapes)):
+            if img.dim() != 4 or tuple(img.shape[-2:]) != tuple(shape):
+                raise ValueError(
+                    f"layer image {i} must have shape (B, {CHANNELS}, {shape[0]}, {shape[1]}), "
+                    f"but got {tuple(img.shape)}; render it at ratio {self.config.ratio}"
+                )
+        joined = self.batched_features(images)  # (B, L, per-layer)
+        flat = torch.cat([joined.flatten(1), progress.reshape(-1, 1)], dim=1)
+        return torch.sigmoid(self.head(flat)).squeeze(1)
+
+    def _layout(self, like: torch.Tensor) -> CanvasLayout:
+        """The canvas layout, its tensors on the device and dtype of ``like``."""
+        layout = self._canvas
+        if layout.mask.device != like.device or layout.mask.dtype != like.dtype:
+            layout.to(like.device, like.dtype)
+        return layout
+
+    def batched_features(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """The features of every layer image from one trunk call: (B, L, per-layer).
+
+        ``[:, i]`` equals (to float rounding) ``layer_features(images[i], i)``, which
+        runs the trunk once per layer; small convolutions are overhead-bound on a
+        CPU, so one call on a shared canvas (:class:`CanvasLayout`) costs about as
+        much as the largest image alone.
+
+        Args:
+            images: one tensor per layer, shape (B, CHANNELS, H_l, W_l).
+
+        Returns:
+            (B, n_layers, width + N_STATS + embed): pooled trunk output, per-layer
+            statistics and layer embedding, in the order of :meth:`layer_features`.
+        """
+        layout = self._layout(images[0])
+        batch = images[0].shape[0]
+        canvas = layout.pack(images)  # (B, C, Hc, Wc)
+        trunk = self.trunk(canvas, layout.mask).flatten(2)  # (B, width, P)
+        pooled = trunk @ layout.average  # (B, width, L): mean over each image
+        flat = canvas.flatten(2)  # (B, C, P)
+        means = flat @ layout.average  # (B, C, L)
+        centred = flat[:, 1] - means[:, 1] @ layout.member  # (B, P); 0 in the gaps
+        rms_std = ((centred * centred) @ layout.average).sqrt()  # (B, L), population std
+        stats = torch.stack([means[:, 0], means[:, 1], rms_std], dim=2)  # (B, L, 3)
+        embedding = self.layer_embedding.expand(batch, -1, -1)  # (B, L, embed)
+        return torch.cat([pooled.transpose(1, 2), stats, embedding], dim=2)
 
     def score(self, model: nn.Module, progress: float | torch.Tensor = 0.0) -> torch.Tensor:
         """Score one target network; differentiable in its weights. Returns a 0-d tensor."""
