@@ -1,4 +1,4 @@
-"""Command line: ``gradinstructor train-enn | compare | explain | report | demo``.
+"""Command line: ``gradinstructor train-enn | compare | explain | report | demo | sweep``.
 
 Run ``gradinstructor COMMAND --help`` for each command's options.
 """
@@ -101,15 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="Grad-CAM of the ENN on a target network",
                        description="Train a target network with the ENN term and save Grad-CAM "
-                                   "maps of the ENN beside its weights in RUN/gradcam/.")
+                                   "maps of the ENN beside its weights at init, 25%%, 50%% and "
+                                   "100%% of the budget in RUN/gradcam/. With --prune, also "
+                                   "the lottery-ticket check (RUN/prune.json).")
     _common(p)
     p.add_argument("--enn", type=Path, default=None,
                    help="ENN checkpoint (default: RUN/enn.pt)")
     p.add_argument("--layer", default=None,
                    help="ENN layer for Grad-CAM (default: its last convolution)")
+    p.add_argument("--prune", action="store_true",
+                   help="also keep the top 50/20/10/5%% of weights by Grad-CAM relevance, by "
+                        "magnitude and at random, on the trained network and on its "
+                        "initialisation, and report the accuracy each subnetwork keeps")
+    p.add_argument("--draws", type=_positive_int, default=5,
+                   help="random masks per criterion in the --prune check (default: 5)")
 
     p = sub.add_parser("report", help="write the HTML dashboard of a run folder")
     p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("--tracker", choices=["wandb", "none"], default="none",
+                   help="also log the dashboard's tables, curves and images to a wandb run "
+                        "in the run folder (offline unless logged in)")
 
     p = sub.add_parser("demo", help="train-enn, compare, explain and report on mnist5k",
                        description="The whole pipeline on the embedded MNIST digits: prints the "
@@ -121,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracker", choices=["wandb", "none"], default="wandb",
                    help="wandb (offline unless logged in; default) or none")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    from gradinstructor.search.command import add_sweep_parser
+
+    add_sweep_parser(sub)  # sweep FILE ... and sweep analyze ...
     return parser
 
 
@@ -135,9 +150,22 @@ def _run(args) -> int:
     from gradinstructor import pipeline
     from gradinstructor.tracking import make_tracker
 
-    progress = not args.no_progress
+    if args.command == "sweep":
+        from gradinstructor.search.command import run_command
+
+        return run_command(args)
+    progress = not getattr(args, "no_progress", False)  # `report` has no bars
     if args.command == "report":
-        print(pipeline.stage_report(args.run))
+        tracker = None
+        if args.tracker != "none":
+            if not args.run.is_dir():
+                raise FileNotFoundError(f"run folder {str(args.run)!r} does not exist")
+            tracker = make_tracker(args.tracker, directory=args.run, name="report")
+        try:
+            print(pipeline.stage_report(args.run, tracker=tracker))
+        finally:
+            if tracker is not None:
+                tracker.finish()
         return 0
     if args.command == "demo":
         pipeline.demo(args.out, quick=args.quick, seed=args.seed, tracker_kind=args.tracker,
@@ -170,7 +198,16 @@ def _run(args) -> int:
             print(f"results: {args.out / 'results.json'}")
         elif args.command == "explain":
             paths = pipeline.stage_explain(task, args.out, _load_enn(args), seed=args.seed,
-                                           layer=args.layer, tracker=tracker)
+                                           layer=args.layer, tracker=tracker,
+                                           prune=args.prune, draws=args.draws)
+            if args.prune:
+                import json
+
+                from gradinstructor.prune import format_prune_table
+
+                result = json.loads((args.out / "prune.json").read_text())
+                print(format_prune_table(result))
+                print("\n".join(f"- {line}" for line in result["findings"]))
             print("\n".join(str(p) for p in paths))
     finally:
         tracker.finish()

@@ -40,7 +40,9 @@ def check_methods(methods: Sequence[str], enn: ENN | None) -> list[str]:
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; valid methods: {', '.join(METHODS)}")
     if enn is None and any(m in ENN_METHODS for m in methods):
-        raise ValueError("methods enn and he+enn need an ENN checkpoint (--enn PATH)")
+        without = ", ".join(m for m in METHODS if m not in ENN_METHODS)
+        raise ValueError("methods enn and he+enn need an ENN checkpoint (--enn PATH); "
+                         f"valid methods without one: {without}")
     return methods
 
 

@@ -85,7 +85,7 @@ def _check_type(where: str, key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise SettingsError(f"{where}: {key} must be a list, but got {value!r}")
         return [_check_type(where, f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
-    if origin is dict:
+    if origin is dict or hint is dict:  # dict[str, int] or a bare dict
         if not isinstance(value, dict):
             raise SettingsError(f"{where}: {key} must be a mapping, but got {value!r}")
         return dict(value)

@@ -6,7 +6,9 @@ users' scripts drive the same code:
     RUN/enn.pt            the ENN checkpoint (with the actor's schedule)
     RUN/train_enn.json    RL episodes and ENN metadata
     RUN/results.json      the comparison
-    RUN/gradcam/*.png     Grad-CAM images
+    RUN/gradcam/          Grad-CAM over training: layer{i}.png, steps/*.png, gradcam.json
+    RUN/prune.json        the lottery-ticket check (explain --prune); plot in RUN/plots/
+    RUN/plots/            the dashboard's plots
     RUN/report.html       the dashboard
     RUN/wandb/            the offline wandb run
     RUN/run_info.json     seed, settings and package versions
@@ -33,7 +35,6 @@ from gradinstructor.config import load_agent_config
 from gradinstructor.enn import ENN
 from gradinstructor.tasks import Task, load_task
 from gradinstructor.tracking import NullTracker, Tracker
-from gradinstructor.trainer import GradInstructor, fit_target
 
 logger = logging.getLogger(__name__)
 
@@ -145,32 +146,95 @@ def stage_compare(task: Task, run_dir: Path, enn: ENN | None, seeds: list[int],
 
 
 def stage_explain(task: Task, run_dir: Path, enn: ENN, seed: int = 0,
-                  layer: str | None = None, tracker: Tracker | None = None) -> list[Path]:
-    """Grad-CAM of the ENN on a target network trained with the ENN term; PNGs in gradcam/."""
-    from gradinstructor.agent import load_actor
-    from gradinstructor.explain import gradcam, resolve_layer, save_maps
+                  layer: str | None = None, tracker: Tracker | None = None,
+                  prune: bool = False, draws: int | None = None) -> list[Path]:
+    """Grad-CAM of the ENN over the training of a target network; optionally the prune check.
 
-    resolve_layer(enn, layer)  # fail before training on a bad layer name
+    Trains one target network with the ENN term (the actor's schedule, else
+    strength 10), copies its weights at init, 25%, 50% and 100% of the budget,
+    and writes ``gradcam/`` (see :func:`gradinstructor.explain.save_series`). With
+    ``prune`` it also runs the lottery-ticket check on that network and its
+    initialisation and writes ``prune.json`` and ``plots/prune.png``.
+
+    Args:
+        task: the task.
+        run_dir: the run folder.
+        enn: the ENN to explain.
+        seed: initialisation and minibatch order of the explained network.
+        layer: ENN layer for Grad-CAM; default its last convolution.
+        tracker: gets each layer's image at each snapshot, the ENN score and the
+            prune table.
+        prune: run the lottery-ticket check (:func:`gradinstructor.prune.prune_check`).
+        draws: random masks per criterion in the check (default 5).
+
+    Returns:
+        The files written.
+
+    Raises:
+        ValueError: unknown ``layer`` (raised before any training; lists the valid ones).
+    """
+    from gradinstructor import prune as prune_mod
+    from gradinstructor.agent import load_actor
+    from gradinstructor.explain import (
+        enn_scores,
+        gradcam_series,
+        layer_name,
+        save_series,
+        train_with_snapshots,
+    )
+
+    tracker = tracker or NullTracker()
+    name = layer_name(enn, layer)  # fail before training on a bad layer name
+    start = time.perf_counter()
+    init_model = task.build_model(seed=seed)
     model = task.build_model(seed=seed)
-    initial = gradcam(enn, model, progress=0.0, layer=layer)
     strength = load_actor(enn) or 10.0
-    instructor = GradInstructor(model, enn, strength=strength, total_steps=task.total_steps,
-                                segments=task.config.segments)
-    fit_target(task, model, seed, instructor=instructor, method="enn")
-    final = gradcam(enn, model, progress=1.0, layer=layer)
+    snapshots, _ = train_with_snapshots(task, model, enn, seed, strength=strength)
+    series = gradcam_series(enn, model, snapshots, layer=name)
+    scores = enn_scores(enn, model, snapshots)
     out = run_dir / "gradcam"
-    paths = save_maps(initial, out, prefix="init", title="at initialisation")
-    paths += save_maps(final, out, prefix="trained", title="after ENN-augmented training")
-    if tracker is not None:
-        for path in paths:
-            tracker.log_image(f"explain/{path.stem}", path, caption=path.stem)
+    summary = save_series(series, snapshots, out, scores=scores, enn_layer=name,
+                          task=task.name, seed=seed,
+                          strength="actor" if hasattr(strength, "choose") else strength)
+    paths = [out / layer_info["grid"] for layer_info in summary["layers"]]
+    for snap in summary["snapshots"]:
+        tracker.log({"explain/enn_score": snap["enn_score"], "explain/progress": snap["progress"]})
+        for index, file in enumerate(snap["files"]):
+            tracker.log_image(f"explain/gradcam/layer{index}", out / file,
+                              caption=f"layer {index} at {snap['label']} (step {snap['step']})")
+    logger.info("Grad-CAM over training in %.1f s", time.perf_counter() - start)
+    record_run_info(run_dir, "explain", {"task": task.name, "seed": seed, "layer": name,
+                                         "prune": prune, "draws": draws})
+    if not prune:
+        return paths
+
+    result = prune_mod.prune_check(task, enn, init_model, model, layer=name, seed=seed,
+                                   draws=draws or prune_mod.DEFAULT_DRAWS)
+    result["explain_seconds"] = time.perf_counter() - start
+    paths.append(write_json(run_dir / "prune.json", result))
+    (run_dir / "plots").mkdir(exist_ok=True)
+    paths.append(prune_mod.plot_prune(result, run_dir / "plots" / "prune.png"))
+    tracker.log_table("explain/prune", prune_mod.TABLE_COLUMNS, prune_mod.table_rows(result))
+    tracker.log_image("explain/prune_plot", paths[-1], caption="accuracy kept against sparsity")
     return paths
 
 
-def stage_report(run_dir: Path) -> Path:
-    from gradinstructor.report import write_report
+def stage_report(run_dir: Path, tracker: Tracker | None = None,
+                 log_stage_outputs: bool = True) -> Path:
+    """Write the dashboard ``report.html``; with a tracker, log its content there too.
 
-    return write_report(run_dir)
+    Args:
+        run_dir: the run folder.
+        tracker: also gets the mean curves as metrics and the plots as images.
+        log_stage_outputs: also log what the stages log themselves (the comparison
+            and prune tables, the Grad-CAM images); off when they already did.
+    """
+    from gradinstructor.report import log_dashboard, write_report
+
+    path = write_report(run_dir)
+    if tracker is not None:
+        log_dashboard(run_dir, tracker, log_stage_outputs=log_stage_outputs)
+    return path
 
 
 @dataclasses.dataclass
@@ -207,10 +271,10 @@ def demo(run_dir: Path, quick: bool = False, task_name: str = "mnist5k", seed: i
         echo(f"[2/4] comparing {', '.join(METHODS)} over {budget.seeds} seeds")
         results = stage_compare(task, run_dir, enn, seeds=list(range(budget.seeds)),
                                 tracker=tracker, progress_bar=progress_bar)
-        echo("[3/4] Grad-CAM on the ENN")
-        stage_explain(task, run_dir, enn, seed=seed, tracker=tracker)
+        echo("[3/4] Grad-CAM on the ENN over training, and the lottery-ticket check")
+        stage_explain(task, run_dir, enn, seed=seed, tracker=tracker, prune=True)
         echo("[4/4] writing the report")
-        report = stage_report(run_dir)
+        report = stage_report(run_dir, tracker=tracker, log_stage_outputs=False)
     finally:
         tracker.finish()
     echo(format_table(results))

@@ -212,7 +212,7 @@ def fit_target(task: Task, model: nn.Module, seed: int, instructor: GradInstruct
 
         if not torch.isfinite(total):
             raise DivergenceError(
-                f"{method}: loss became {float(total)} at step {step} "
+                f"{method}: loss became {float(total.detach())} at step {step} "
                 f"(epoch {step // steps_per_epoch}); last finite loss {last_finite:.4g}. "
                 "Lower the learning rate or the ENN strength"
             )
