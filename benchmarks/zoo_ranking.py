@@ -28,7 +28,7 @@ from gradinstructor.config import load_agent_config
 from gradinstructor.enn import ENN
 from gradinstructor.pipeline import seed_everything, shrink_task, write_json
 from gradinstructor.tasks import load_task
-from gradinstructor.zoo import enn_tau, fit_supervised_enn, make_zoo, stats_tau
+from gradinstructor.zoo import make_zoo, rank_zoo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,16 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
         rl_enn = train_enn(task, load_agent_config("ppo"), total_timesteps=args.timesteps,
                            seed=args.seed, progress_bar=False).enn
-    zoo = make_zoo(task, size=args.size, seed=args.seed)
-    train, held_out = zoo.split(0.5, seed=args.seed)
-    supervised = fit_supervised_enn(task, train, seed=args.seed)
-    result = {
-        "task": task.name, "zoo_size": args.size, "held_out": len(held_out.members),
-        "enn_tau": enn_tau(rl_enn, task, held_out),
-        "supervised_enn_tau": enn_tau(supervised, task, held_out),
-        "stats_tau": stats_tau(train, held_out, seed=args.seed),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    zoo = make_zoo(task, size=args.size, seed=args.seed, progress_bar=True)
+    result = rank_zoo(task, zoo, rl_enn, seed=args.seed)
+    result["seconds"] = round(time.perf_counter() - start, 1)
     if not args.quick:
         write_json(args.out / "zoo_ranking.json", result)
     print(json.dumps(result))

@@ -1,4 +1,4 @@
-"""Command line: ``gradinstructor train-enn | compare | explain | report | demo | sweep``.
+"""Command line: ``gradinstructor train-enn | compare | explain | zoo | report | demo | sweep``.
 
 Run ``gradinstructor COMMAND --help`` for each command's options.
 """
@@ -116,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=_positive_int, default=5,
                    help="random masks per criterion in the --prune check (default: 5)")
 
+    p = sub.add_parser("zoo", help="train a zoo of target networks and rank them",
+                       description="Train target networks with drawn seeds, init schemes and "
+                                   "scales, learning rates and checkpoints (held out from RL), "
+                                   "write RUN/zoo.pt, and print Kendall's tau with the final "
+                                   "test accuracy on its held-out half for the ENN (if one is "
+                                   "given or RUN/enn.pt exists), a supervised ENN and a "
+                                   "weight-statistics regressor.")
+    _common(p)
+    p.add_argument("--size", type=_positive_int, default=60,
+                   help="networks in the zoo (default: 60)")
+    p.add_argument("--enn", type=Path, default=None,
+                   help="ENN checkpoint to rank with (default: RUN/enn.pt if it exists)")
+    p.add_argument("--reuse", action="store_true",
+                   help="rank the zoo already in RUN/zoo.pt instead of training a new one")
+
     p = sub.add_parser("report", help="write the HTML dashboard of a run folder")
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--tracker", choices=["wandb", "none"], default="none",
@@ -144,6 +159,30 @@ def _load_enn(args) -> object:
 
     path = args.enn or args.out / "enn.pt"
     return ENN.load(path)
+
+
+def _zoo(args, task, progress: bool) -> None:
+    import json
+
+    from gradinstructor.enn import ENN
+    from gradinstructor.pipeline import seed_everything, write_json
+    from gradinstructor.zoo import Zoo, make_zoo, rank_zoo
+
+    path = args.out / "zoo.pt"
+    enn_path = args.enn or (args.out / "enn.pt" if (args.out / "enn.pt").is_file() else None)
+    enn = ENN.load(enn_path) if enn_path else None  # fail before training on a bad checkpoint
+    if enn is not None:
+        enn.check_model(task.build_model(seed=0))
+    seed_everything(args.seed)
+    if args.reuse:
+        zoo = Zoo.load(path)
+    else:
+        zoo = make_zoo(task, size=args.size, seed=args.seed, progress_bar=progress)
+        zoo.save(path)
+    result = rank_zoo(task, zoo, enn, seed=args.seed)
+    write_json(args.out / "zoo_ranking.json", result)
+    print(f"zoo: {path}")
+    print(json.dumps(result))
 
 
 def _run(args) -> int:
@@ -196,6 +235,8 @@ def _run(args) -> int:
                                              progress_bar=progress)
             print(format_table(results))
             print(f"results: {args.out / 'results.json'}")
+        elif args.command == "zoo":
+            _zoo(args, task, progress)
         elif args.command == "explain":
             paths = pipeline.stage_explain(task, args.out, _load_enn(args), seed=args.seed,
                                            layer=args.layer, tracker=tracker,

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 ZOO_SEED_OFFSET = 1_000_003  # zoo networks never share a seed with the RL episodes
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+ZOO_FORMAT = 1
 
 
 @dataclasses.dataclass
@@ -70,6 +73,38 @@ class Zoo:
 
     def targets(self) -> np.ndarray:
         return np.array([m.final_test_acc for m in self.members])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the zoo atomically as tensors and plain values (loads with weights_only)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": ZOO_FORMAT, "task": self.task_name,
+                   "members": [dataclasses.asdict(m) for m in self.members]}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Zoo:
+        """Read a zoo written by :meth:`save` (no code is run: ``weights_only=True``).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: the file is not a zoo of this format.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"zoo file {str(path)!r} does not exist; write one with "
+                                    "`gradinstructor zoo --out FOLDER`")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # any unreadable file gets the same message
+            raise ValueError(f"{path} is not a readable zoo file: {err}") from None
+        if not isinstance(payload, dict) or payload.get("format") != ZOO_FORMAT:
+            raise ValueError(f"{path} is not a zoo of format {ZOO_FORMAT}; regenerate it with "
+                             "`gradinstructor zoo`")
+        return cls(payload["task"], [Member(**m) for m in payload["members"]])
 
 
 def _draw_settings(rng: np.random.Generator, epochs: int) -> dict:
@@ -214,3 +249,32 @@ def fit_supervised_enn(task: Task, train: Zoo, epochs: int = 200, lr: float = 3e
     enn.metadata.update(task=task.name, trained="supervised", zoo_size=len(train.members),
                         epochs=epochs)
     return enn.eval()
+
+
+def rank_zoo(task: Task, zoo: Zoo, enn: ENN | None = None, seed: int = 0) -> dict:
+    """Kendall's tau of each ranker on the held-out half of ``zoo``.
+
+    The zoo is split in halves (seeded); the weight-statistics regressor and the
+    supervised ENN are fitted on the first, every ranker is scored on the second.
+
+    Args:
+        task: the zoo's task.
+        zoo: the zoo.
+        enn: an ENN trained by RL (it never saw the zoo); left out when None.
+        seed: the split and the fits.
+
+    Returns:
+        ``{"zoo_size", "held_out", "stats_tau", "supervised_enn_tau"[, "enn_tau"]}``.
+    """
+    if zoo.task_name != task.name:
+        raise ValueError(f"the zoo was made on task {zoo.task_name!r}, not {task.name!r}; "
+                         f"rank it with --task {zoo.task_name}")
+    train, held_out = zoo.split(0.5, seed=seed)
+    result: dict = {"task": task.name, "zoo_size": len(zoo.members),
+                    "held_out": len(held_out.members)}
+    if enn is not None:
+        result["enn_tau"] = enn_tau(enn, task, held_out)
+    result["supervised_enn_tau"] = enn_tau(fit_supervised_enn(task, train, seed=seed), task,
+                                           held_out)
+    result["stats_tau"] = stats_tau(train, held_out, seed=seed)
+    return result

@@ -103,3 +103,55 @@ def test_supervised_enn_fits_its_training_zoo(small_task, zoo):
 def test_zoo_size_must_allow_ranking(small_task):
     with pytest.raises(ValueError, match="size must be at least 2"):
         make_zoo(small_task, size=1)
+
+
+def test_zoo_round_trips_through_a_weights_only_file(tmp_path, zoo):
+    path = zoo.save(tmp_path / "zoo.pt")
+    loaded = type(zoo).load(path)
+    assert loaded.task_name == zoo.task_name and len(loaded.members) == len(zoo.members)
+    for a, b in zip(loaded.members, zoo.members):
+        assert a.settings == b.settings and a.final_test_acc == b.final_test_acc
+        assert all(torch.equal(x, y) for x, y in zip(a.weights, b.weights))
+    assert not list(tmp_path.glob(".*tmp*"))  # written through a temporary file, then renamed
+
+
+def test_loading_something_else_than_a_zoo_says_so(tmp_path):
+    from gradinstructor.zoo import Zoo
+
+    with pytest.raises(FileNotFoundError, match="gradinstructor zoo"):
+        Zoo.load(tmp_path / "none.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a zoo of format"):
+        Zoo.load(tmp_path / "other.pt")
+
+
+def test_rank_zoo_scores_every_ranker_on_the_held_out_half(small_task, zoo):
+    from gradinstructor.enn import ENN, ENNConfig
+    from gradinstructor.render import layer_shapes
+    from gradinstructor.zoo import rank_zoo
+
+    enn = ENN(ENNConfig(layer_shapes=layer_shapes(small_task.build_model(seed=0))))
+    result = rank_zoo(small_task, zoo, enn, seed=0)
+    _, held_out = zoo.split(0.5, seed=0)
+    assert result["held_out"] == len(held_out.members) == 6
+    assert result["enn_tau"] == pytest.approx(enn_tau(enn, small_task, held_out))
+    assert set(result) >= {"stats_tau", "supervised_enn_tau"}
+    with pytest.raises(ValueError, match="--task"):
+        rank_zoo(load_task("mnist5k"), zoo)
+
+
+def test_zoo_command_writes_the_zoo_and_prints_the_taus(tmp_path, capsys):
+    import json
+
+    from gradinstructor.cli import main
+
+    task_file = tmp_path / "tiny.yaml"
+    task_file.write_text("name: tiny\ndataset: digits\nsplit: {train: 200, val: 100, test: 100}\n"
+                         "hidden: [16]\nepochs: 1\nsegments: 2\n")
+    assert main(["zoo", "--task", str(task_file), "--size", "6", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["zoo_size"] == 6 and "enn_tau" not in last  # no ENN in the folder
+    assert json.loads((tmp_path / "zoo_ranking.json").read_text()) == last
+    assert main(["zoo", "--task", str(task_file), "--reuse", "--out", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == last
