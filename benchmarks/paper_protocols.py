@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from gradinstructor.compare import compare
+import torch
+
+from gradinstructor.compare import ENN_METHODS, compare, gradient_by_stage
 from gradinstructor.config import load_agent_config
 from gradinstructor.pipeline import seed_everything, shrink_task, write_json
 from gradinstructor.tasks import load_task
@@ -64,6 +66,16 @@ def markdown(all_results: dict) -> str:
         lines += ["", "| Welch test | diff (points) | p |", "|---|---|---|"]
         for test, t in res["tests"].items():
             lines.append(f"| {test} | {t['diff_points']:+.2f} | {t['p']:.3g} |")
+        lines += ["", "ENN gradient / task gradient (L2 norms, first step of each epoch, "
+                  "mean over seeds):", "",
+                  "| method | " + " | ".join(f"ep {e}" for e in
+                                          res["gradient_by_stage"]["enn"]["epochs"])
+                  + " | Spearman rho (p) | first vs last epoch p |",
+                  "|---|" + "---|" * (len(res["gradient_by_stage"]["enn"]["epochs"]) + 2)]
+        for method, g in res["gradient_by_stage"].items():
+            lines.append(f"| {method} | " + " | ".join(f"{r:.3g}" for r in g["ratio_mean"])
+                         + f" | {g['spearman_rho']:+.2f} ({g['spearman_p']:.2g}) | "
+                         f"{g['first_vs_last_p']:.2g} |")
         lines += ["", "| target | met |", "|---|---|"]
         for target, ok in res["targets"].items():
             lines.append(f"| {target} | {'yes' if ok else 'no'} |")
@@ -87,6 +99,8 @@ def run_protocol(name: str, seeds: int, timesteps: int | None, quick: bool,
     rl_seconds = time.perf_counter() - start
     print(f"{name}: RL {steps} segments in {rl_seconds:.0f} s", file=sys.stderr)
     results = compare(task, trained.enn, seeds=range(seeds))
+    results["gradient_by_stage"] = {m: gradient_by_stage(results["methods"][m]["runs"])
+                                    for m in ENN_METHODS}
     for entry in results["methods"].values():
         for run in entry["runs"]:
             run.pop("curve")  # keep the JSON small; the demo's report has curves
@@ -107,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="shrunk tasks, for a smoke test only")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                         help="where to write paper_protocols.{json,md}")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1, as the CLI)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     names = [p.strip() for p in args.protocols.split(",") if p.strip()]
     for n in names:
         if n not in PROTOCOLS:

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from gradinstructor.config import load_agent_config
 from gradinstructor.enn import ENN
 from gradinstructor.pipeline import seed_everything, shrink_task, write_json
@@ -42,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shrunk task, smoke test only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1, as the CLI)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     print(f"settings: {vars(args)}", file=sys.stderr)
     start = time.perf_counter()
     seed_everything(args.seed)

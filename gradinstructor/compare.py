@@ -157,6 +157,42 @@ def welch_tests(methods: dict) -> dict:
     return tests
 
 
+def gradient_by_stage(runs: list[dict]) -> dict:
+    """How the ENN term's gradient compares with the task gradient over training.
+
+    From the per-epoch curve of each run (measured at the first step of each epoch:
+    the task gradient's L2 norm and ``strength * ||dENN/dw||``), the ratio of the
+    two per epoch, averaged over runs, and whether it changes with the stage:
+    Spearman's rho between epoch and ratio over all (run, epoch) points, and a
+    paired t-test of the ratio in the first against the last epoch.
+
+    Args:
+        runs: records of an ENN method (see :func:`run_method`), with their curves.
+
+    Returns:
+        ``{"epochs", "ratio_mean", "strength_mean", "spearman_rho", "spearman_p",
+        "first_vs_last_t", "first_vs_last_p"}``; the tests are NaN with fewer than
+        two runs or two epochs.
+    """
+    ratios = np.array([[p["enn_grad_norm"] / p["task_grad_norm"] if p["task_grad_norm"] else
+                        float("nan") for p in run["curve"]] for run in runs])
+    strengths = np.array([[p["strength"] for p in run["curve"]] for run in runs])
+    n_runs, n_epochs = ratios.shape
+    epochs = np.tile(np.arange(1, n_epochs + 1), n_runs)
+    nan = float("nan")
+    rho = p_rho = t = p_t = nan
+    finite = np.isfinite(ratios.ravel())
+    if n_epochs > 1 and finite.sum() > 2 and np.ptp(ratios.ravel()[finite]) > 0:
+        rho, p_rho = stats.spearmanr(epochs[finite], ratios.ravel()[finite])
+    if n_runs > 1 and n_epochs > 1:
+        t, p_t = stats.ttest_rel(ratios[:, 0], ratios[:, -1])
+    return {"epochs": list(range(1, n_epochs + 1)),
+            "ratio_mean": [float(v) for v in np.nanmean(ratios, axis=0)],
+            "strength_mean": [float(v) for v in strengths.mean(axis=0)],
+            "spearman_rho": float(rho), "spearman_p": float(p_rho),
+            "first_vs_last_t": float(t), "first_vs_last_p": float(p_t)}
+
+
 def table_rows(results: dict) -> list[list]:
     """Rows of the comparison table: method, n, test mean, std, CI, gap, seconds."""
     rows = []
