@@ -7,6 +7,12 @@
   the ENN strength for the next segment: a learned schedule.
 * Before every rollout the current critic is copied into each environment, which
   applies its gradient while training the target networks.
+* With ``save_path`` the whole state (policy, optimiser, environments' episodes in
+  progress, random generators) is written every few rollouts, atomically and as
+  tensors and plain data only; ``resume_from`` continues it to the same total, with
+  the same result as an uninterrupted run (:class:`AgentSaver`).
+* A non-finite gradient, weight or output of the agent stops the run with a
+  :class:`~gradinstructor.trainer.DivergenceError` naming the timestep.
 
 Example:
     >>> from gradinstructor.tasks import load_task
@@ -21,7 +27,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
+import random
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,12 +44,14 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import nn
 
-from gradinstructor.config import AgentConfig
-from gradinstructor.enn import ENN, ENNConfig
+from gradinstructor import __version__
+from gradinstructor.config import AgentConfig, SettingsError
+from gradinstructor.enn import ENN, ENNConfig, atomic_torch_save, load_payload
 from gradinstructor.env import TargetTrainingEnv, strength_from_action
 from gradinstructor.render import CHANNELS, layer_shapes, render_weights
 from gradinstructor.tasks import Task
 from gradinstructor.tracking import NullTracker, Tracker
+from gradinstructor.trainer import DivergenceError
 
 logger = logging.getLogger(__name__)
 
@@ -96,27 +107,60 @@ class ENNActorCriticPolicy(ActorCriticPolicy):
         self.value_net = nn.Identity()
         self.optimizer = self.optimizer_class(
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        # A non-finite gradient is refused before it reaches the weights; non-finite
+        # weights after a step stop the run (see AgentDivergence).
+        self.last_finite_value: float | None = None  # mean critic output, for messages
+        self.optimizer.register_step_pre_hook(self._check_gradients)
+        self.optimizer.register_step_post_hook(self._check_weights)
+
+    def _check_gradients(self, optimizer, args, kwargs) -> None:
+        for name, param in self.named_parameters():
+            if param.grad is not None and not torch.isfinite(param.grad).all():
+                raise AgentDivergence(f"the gradient of {name}")
+
+    def _check_weights(self, optimizer, args, kwargs) -> None:
+        for name, param in self.named_parameters():
+            if not torch.isfinite(param).all():
+                raise AgentDivergence(f"the weight {name}")
 
     def _actor_distribution(self, obs):
         features = self.extract_features(obs, self.pi_features_extractor)
-        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(features))
+        mean_actions = self.action_net(self.mlp_extractor.forward_actor(features))
+        if not torch.isfinite(mean_actions).all():
+            raise AgentDivergence("the actor's output")
+        return self.action_dist.proba_distribution(mean_actions, self.log_std)
+
+    def _values(self, obs) -> torch.Tensor:
+        values = self.enn.forward_obs(obs)
+        if not torch.isfinite(values).all():
+            raise AgentDivergence("the critic's (ENN's) output")
+        self.last_finite_value = float(values.detach().mean())
+        return values
 
     def forward(self, obs, deterministic: bool = False):
         distribution = self._actor_distribution(obs)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
         actions = actions.reshape((-1, *self.action_space.shape))
-        return actions, self.enn.forward_obs(obs), log_prob
+        return actions, self._values(obs), log_prob
 
     def evaluate_actions(self, obs, actions):
         distribution = self._actor_distribution(obs)
-        return self.enn.forward_obs(obs), distribution.log_prob(actions), distribution.entropy()
+        return self._values(obs), distribution.log_prob(actions), distribution.entropy()
 
     def get_distribution(self, obs):
         return self._actor_distribution(obs)
 
     def predict_values(self, obs):
-        return self.enn.forward_obs(obs)
+        return self._values(obs)
+
+
+class AgentDivergence(DivergenceError):
+    """Raised inside the agent's update when a value becomes non-finite; names what."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} became non-finite")
+        self.what = what
 
 
 class ScheduleActor(nn.Module):
@@ -185,13 +229,35 @@ class _TrackerWriter(KVWriter):
         pass
 
 
-class ENNSyncCallback(BaseCallback):
-    """Copies the critic into the environments before each rollout; records episodes."""
+class _LossWatch(KVWriter):
+    """Remembers the last finite value loss SB3 logged, and at which timestep."""
 
-    def __init__(self, progress_bar: bool = True) -> None:
+    def __init__(self) -> None:
+        self.value_loss: float | None = None
+        self.timestep: int | None = None
+
+    def write(self, key_values: dict, key_excluded: dict, step: int = 0) -> None:
+        value = key_values.get("train/value_loss")
+        if isinstance(value, (int, float, np.floating)) and np.isfinite(value):
+            self.value_loss, self.timestep = float(value), step
+
+    def close(self) -> None:
+        pass
+
+
+class ENNSyncCallback(BaseCallback):
+    """Copies the critic into the environments before each rollout; records episodes.
+
+    With a :class:`AgentSaver`, also keeps the agent's state at the start of each
+    rollout and writes it every ``saver.every`` rollouts.
+    """
+
+    def __init__(self, progress_bar: bool = True, episodes: list[dict] | None = None,
+                 saver: AgentSaver | None = None) -> None:
         super().__init__()
-        self.episodes: list[dict] = []
+        self.episodes: list[dict] = list(episodes or [])
         self.progress_bar = progress_bar
+        self.saver = saver
         self._bar = None
 
     def _on_training_start(self) -> None:
@@ -204,6 +270,8 @@ class ENNSyncCallback(BaseCallback):
     def _on_rollout_start(self) -> None:
         state = {k: v.detach().clone() for k, v in self.model.policy.enn.state_dict().items()}
         self.training_env.env_method("set_enn_state", state)
+        if self.saver is not None:
+            self.saver.rollout_start(self.model, self.episodes)
 
     def _on_step(self) -> bool:
         for info, done in zip(self.locals["infos"], self.locals["dones"]):
@@ -270,13 +338,188 @@ def build_algorithm(task: Task, agent: AgentConfig, seed: int, enn_config: ENNCo
                    n_epochs=agent.n_epochs, **common)
     else:
         algo = A2C(ENNActorCriticPolicy, env, **common)
-    algo.set_logger(Logger(folder=None, output_formats=[_TrackerWriter(tracker or NullTracker())]))
+    algo.loss_watch = _LossWatch()
+    algo.set_logger(Logger(folder=None, output_formats=[_TrackerWriter(tracker or NullTracker()),
+                                                        algo.loss_watch]))
     return algo
+
+
+# --------------------------------------------------------------------------- saving and resuming
+
+AGENT_FORMAT = "gradinstructor-agent"
+AGENT_FORMAT_VERSION = 1
+# Settings a resumed run must share with the saved one.
+RESUME_KEYS = ("task", "task_config", "agent", "total_timesteps", "seed", "enn_every",
+               "enn_config")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train_enn`; the message says where the state was saved."""
+
+
+def _rng_state() -> dict:
+    """Python's, NumPy's and torch's global generator states, as weights_only-safe data."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)}}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached"]))
+
+
+def agent_state(algo, settings: dict, episodes: list[dict], seconds: float) -> dict:
+    """Everything needed to continue ``algo``'s training exactly: tensors and plain data.
+
+    The policy (actor and ENN critic) and its optimiser, the step counters, every
+    environment's episode in progress (:meth:`TargetTrainingEnv.get_state`), the
+    last observations, the global random generators, the episodes so far and the
+    settings of the run. It loads with ``torch.load(weights_only=True)``; no
+    pickled Python object is stored, unlike SB3's own ``.zip``.
+    """
+    return {
+        "format": AGENT_FORMAT, "format_version": AGENT_FORMAT_VERSION, "version": __version__,
+        "settings": settings,
+        "num_timesteps": int(algo.num_timesteps), "n_updates": int(algo._n_updates),
+        "policy": {k: v.detach().clone() for k, v in algo.policy.state_dict().items()},
+        "optimizer": copy.deepcopy(algo.policy.optimizer.state_dict()),
+        "envs": [env.unwrapped.get_state() for env in algo.env.envs],
+        "last_obs": {k: torch.from_numpy(np.array(v)) for k, v in algo._last_obs.items()},
+        "last_episode_starts": torch.from_numpy(np.array(algo._last_episode_starts)),
+        "rng": _rng_state(),
+        "episodes": copy.deepcopy(episodes),
+        "seconds": float(seconds),
+    }
+
+
+def restore_agent_state(algo, state: dict) -> None:
+    """Put ``algo`` (built with the same settings) back where :func:`agent_state` left it.
+
+    The global random generators are set last: call this right before ``learn``.
+    """
+    algo.policy.load_state_dict(state["policy"])
+    algo.policy.optimizer.load_state_dict(state["optimizer"])
+    algo.num_timesteps = state["num_timesteps"]
+    algo._n_updates = state["n_updates"]
+    for env, env_state in zip(algo.env.envs, state["envs"], strict=True):
+        env.unwrapped.set_state(env_state)
+    algo._last_obs = {k: v.numpy() for k, v in state["last_obs"].items()}
+    algo._last_episode_starts = state["last_episode_starts"].numpy()
+    _set_rng_state(state["rng"])
+
+
+def load_agent_state(path: str | os.PathLike) -> dict:
+    """Read an agent state written by :class:`AgentSaver` (``weights_only=True``).
+
+    Raises:
+        CheckpointError: missing, damaged, not an agent state, code in the file, or a
+            newer or unknown format version.
+    """
+    return load_payload(path, AGENT_FORMAT, format_version=AGENT_FORMAT_VERSION)
+
+
+def check_resume_settings(path: str | os.PathLike, saved: dict, given: dict) -> None:
+    """SettingsError naming the first setting that differs between a save and this run."""
+    for key in RESUME_KEYS:
+        old, new = saved.get(key), given.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            for sub in sorted(set(old) | set(new), key=str):
+                if _plain(old.get(sub)) != _plain(new.get(sub)):
+                    _refuse_resume(path, f"{key}.{sub}", old.get(sub), new.get(sub))
+        elif _plain(old) != _plain(new):
+            _refuse_resume(path, key, old, new)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _refuse_resume(path, key: str, old: Any, new: Any) -> None:
+    raise SettingsError(
+        f"cannot resume {path}: it was saved with {key}={old!r}, but this run has "
+        f"{key}={new!r}; resume with the saved settings, or start a new run without --resume"
+    )
+
+
+class AgentSaver:
+    """Keeps the agent's state at the start of each rollout; writes it every ``every``.
+
+    A rollout start is the one point where the agent is consistent (its last update
+    finished, no rollout half-collected). The in-memory copy lets Ctrl-C save the
+    latest one whatever ``every`` is; a SIGKILL loses at most ``every`` rollouts.
+
+    Args:
+        path: the file (``RUN/agent.pt``), written atomically.
+        every: write every this many rollouts.
+        settings: the run's settings, stored for :func:`check_resume_settings`.
+        seconds_before: training seconds of the earlier processes of a resumed run.
+    """
+
+    def __init__(self, path: str | os.PathLike, every: int, settings: dict,
+                 seconds_before: float = 0.0, resumed_at: list[int] | None = None) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"save_every must be a positive integer, but got {every!r}")
+        self.path = Path(path)
+        self.every = every
+        self.settings = settings
+        self.seconds_before = seconds_before
+        self.resumed_at = list(resumed_at or [])
+        self.start = time.perf_counter()
+        self.snapshot: dict | None = None
+        self.written_at: int | None = None
+        self.start_timesteps: int | None = None
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.start
+
+    def rollout_start(self, algo, episodes: list[dict]) -> None:
+        if self.start_timesteps is None:
+            self.start_timesteps = algo.num_timesteps
+        if algo.num_timesteps == self.start_timesteps:
+            return  # nothing new since the start (or since the state this run resumed from)
+        self.snapshot = self.state(algo, episodes)
+        rollout = algo.n_steps * algo.env.num_envs
+        if (algo.num_timesteps // rollout) % self.every == 0:
+            self.write()
+
+    def state(self, algo, episodes: list[dict]) -> dict:
+        """:func:`agent_state` of ``algo`` now, with this run's history of resumes."""
+        state = agent_state(algo, self.settings, episodes, self.seconds())
+        state["resumed_at"] = list(self.resumed_at)
+        return state
+
+    def write(self, snapshot: dict | None = None) -> Path | None:
+        """Write ``snapshot`` (default: the last one kept) atomically; None if none."""
+        snapshot = snapshot if snapshot is not None else self.snapshot
+        if snapshot is None:
+            return None
+        atomic_torch_save(snapshot, self.path)
+        self.written_at = snapshot["num_timesteps"]
+        logger.info("agent state at timestep %d saved to %s", self.written_at, self.path)
+        return self.path
+
+    def write_pending(self) -> int | None:
+        """Write the kept state if it is newer than the file; the timestep on disk."""
+        if self.snapshot is not None and self.snapshot["num_timesteps"] != self.written_at:
+            self.write()
+        return self.written_at
 
 
 def train_enn(task: Task, agent: AgentConfig, total_timesteps: int, seed: int = 0,
               enn_config: ENNConfig | None = None, enn_every: int = 1,
-              tracker: Tracker | None = None, progress_bar: bool = True) -> TrainENNResult:
+              tracker: Tracker | None = None, progress_bar: bool = True,
+              save_path: str | os.PathLike | None = None, save_every: int = 1,
+              resume_from: dict | None = None, settings_extra: dict | None = None
+              ) -> TrainENNResult:
     """Train an ENN (the critic) and a strength schedule (the actor) by RL on ``task``.
 
     Args:
@@ -288,9 +531,20 @@ def train_enn(task: Task, agent: AgentConfig, total_timesteps: int, seed: int = 
         enn_every: the environments recompute the ENN gradient every this many steps.
         tracker: receives ``rl/`` metrics.
         progress_bar: show a tqdm bar.
+        save_path: write the agent's state here (atomically) every ``save_every``
+            rollouts, on Ctrl-C and at the end, for ``resume_from``.
+        save_every: rollouts between two writes of ``save_path``.
+        resume_from: a state read by :func:`load_agent_state`: continue that run to
+            the same ``total_timesteps``. Its settings must match these; the result
+            is the same as an uninterrupted run's (see docs/method.md).
+        settings_extra: more settings to store in the agent state (e.g. the task spec).
 
     Raises:
         ValueError: ``total_timesteps`` is not a positive integer.
+        SettingsError: ``resume_from`` was saved with other settings.
+        DivergenceError: the agent's loss, gradient or weights became non-finite;
+            names the timestep, the algorithm and the last finite value loss.
+        TrainingInterrupted: Ctrl-C; the state was saved to ``save_path`` first.
     """
     if not isinstance(total_timesteps, int) or total_timesteps < 1:
         raise ValueError(
@@ -298,24 +552,77 @@ def train_enn(task: Task, agent: AgentConfig, total_timesteps: int, seed: int = 
     torch.manual_seed(seed)
     probe = task.build_model(seed=0)
     enn_config = enn_config or ENNConfig(layer_shapes=layer_shapes(probe))
+    settings = {"task": task.name, "task_config": dataclasses.asdict(task.config),
+                "agent": dataclasses.asdict(agent), "total_timesteps": total_timesteps,
+                "seed": seed, "enn_every": enn_every,
+                "enn_config": dataclasses.asdict(enn_config), **(settings_extra or {})}
+    if resume_from is not None:
+        check_resume_settings(save_path or "the saved state", resume_from["settings"], settings)
     algo = build_algorithm(task, agent, seed, enn_config, enn_every, tracker)
-    callback = ENNSyncCallback(progress_bar=progress_bar)
+    saver = None
+    if save_path is not None:
+        resumed_at = None
+        if resume_from is not None:
+            resumed_at = [*resume_from.get("resumed_at", []), resume_from["num_timesteps"]]
+        saver = AgentSaver(save_path, save_every, settings, resumed_at=resumed_at,
+                           seconds_before=resume_from["seconds"] if resume_from else 0.0)
+    callback = ENNSyncCallback(progress_bar=progress_bar, saver=saver,
+                               episodes=resume_from["episodes"] if resume_from else None)
     start = time.perf_counter()
-    algo.learn(total_timesteps=total_timesteps, callback=callback)
+    if resume_from is not None:
+        restore_agent_state(algo, resume_from)  # last: it sets the global generators
+    remaining = total_timesteps - algo.num_timesteps
+    try:
+        if remaining > 0:
+            algo.learn(total_timesteps=remaining, callback=callback,
+                       reset_num_timesteps=resume_from is None)
+    except KeyboardInterrupt:
+        saved = saver.write_pending() if saver is not None else None
+        where = (f"the agent's state at timestep {saved} of {total_timesteps} is in "
+                 f"{saver.path}; continue with --resume" if saved is not None else
+                 "no agent state was saved yet")
+        raise TrainingInterrupted(f"at timestep {algo.num_timesteps}; {where}") from None
+    except AgentDivergence as err:
+        raise DivergenceError(_divergence_message(err, algo, agent, saver)) from None
     seconds = time.perf_counter() - start
+    if saver is not None:
+        saver.write(saver.state(algo, callback.episodes))
+        seconds = saver.seconds()
 
     enn = copy.deepcopy(algo.policy.enn).eval()
     actor = ScheduleActor.from_policy(algo.policy, agent.max_strength)
     recent = callback.episodes[-max(1, len(callback.episodes) // 4):]
     enn.metadata.update(
         task=task.name, agent=agent.name, algorithm=agent.algorithm,
-        total_timesteps=total_timesteps, seed=seed, seconds=round(seconds, 2),
-        episodes=len(callback.episodes),
+        total_timesteps=total_timesteps, num_timesteps=int(algo.num_timesteps), seed=seed,
+        seconds=round(seconds, 2), episodes=len(callback.episodes),
         final_mean_val_acc=float(np.mean([e["val_acc"] for e in recent])) if recent else None,
     )
+    if resume_from is not None:
+        enn.metadata["resumed_at"] = [*resume_from.get("resumed_at", []),
+                                      resume_from["num_timesteps"]]
     enn.actor_payload = actor.payload()
     return TrainENNResult(enn=enn, actor=actor, episodes=callback.episodes, seconds=seconds,
                           model=algo)
+
+
+def _divergence_message(err: AgentDivergence, algo, agent: AgentConfig,
+                        saver: AgentSaver | None) -> str:
+    watch = getattr(algo, "loss_watch", None)
+    if watch is not None and watch.value_loss is not None:
+        last = f"last finite value loss {watch.value_loss:.4g} (timestep {watch.timestep})"
+    else:
+        last = "no value loss was logged before it (first update)"
+    value = getattr(algo.policy, "last_finite_value", None)
+    if value is not None:
+        last += f", last finite critic output {value:.4g}"
+    saved = ""
+    if saver is not None and saver.written_at is not None:
+        saved = f"; the last saved state (timestep {saver.written_at}) is in {saver.path}"
+    return (f"{agent.algorithm}: {err.what} became non-finite during the agent's training "
+            f"at timestep {algo.num_timesteps}; {last}. Lower learning_rate "
+            f"(now {agent.learning_rate:g}) or max_strength (now {agent.max_strength:g}) "
+            f"in the agent settings{saved}")
 
 
 def load_actor(enn: ENN) -> ScheduleActor | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from importlib import resources
@@ -47,8 +48,12 @@ def settings_path(kind: str, name: str) -> Path:
         SettingsError: if no such settings exist; the message lists the known names.
     """
     as_path = Path(name)
-    if as_path.suffix in {".yaml", ".yml"} and as_path.is_file():
-        return as_path
+    if as_path.suffix in {".yaml", ".yml"}:
+        if as_path.is_file():
+            return as_path
+        problem = "is not a file" if as_path.exists() else "does not exist"
+        raise SettingsError(f"{kind[:-1]} settings file {name!r} {problem}; known {kind}: "
+                            f"{', '.join(known_names(kind))}")
     path = _settings_dir(kind) / f"{name}.yaml"
     if not path.is_file():
         known = known_names(kind)
@@ -67,8 +72,16 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a settings file with ``yaml.safe_load``; it must hold a mapping."""
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)  # plain data only: never builds Python objects
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SettingsError(f"{path}: not valid YAML settings{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SettingsError(f"{path}: cannot read the settings file ({err})") from None
     if not isinstance(data, dict):
         raise SettingsError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     return data
@@ -104,6 +117,8 @@ def _check_scalar(where: str, key: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SettingsError(f"{where}: {key} must be a number, but got {value!r}")
+        if not math.isfinite(value):
+            raise SettingsError(f"{where}: {key} must be a finite number, but got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -137,10 +152,13 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
                 f"valid keys: {', '.join(names)}"
             )
         kwargs[key] = _check_type(where, key, value, hints[key])
-    try:
-        obj = cls(**kwargs)
-    except TypeError as err:  # a required field is missing
-        raise SettingsError(f"{where}: {err}") from None
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in kwargs]
+    if missing:
+        raise SettingsError(f"{where}: missing key {missing[0]!r}; required keys: "
+                            f"{', '.join(required)}")
+    obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(where)
@@ -187,6 +205,15 @@ class AgentConfig:
                 "one of: ppo, a2c")
         for key in ("n_envs", "n_steps", "batch_size", "n_epochs"):
             require(where, key, getattr(self, key) >= 1, getattr(self, key), "at least 1")
+        if self.algorithm == "ppo":  # PPO normalises advantages per minibatch: 1 gives NaN
+            rollout = self.n_envs * self.n_steps
+            require(where, "batch_size", self.batch_size >= 2, self.batch_size,
+                    "at least 2 for ppo (advantages are normalised per minibatch)")
+            require(where, "n_steps", rollout >= 2, self.n_steps,
+                    f"such that n_envs * n_steps is at least 2 for ppo (n_envs is {self.n_envs})")
+            require(where, "batch_size", rollout % self.batch_size != 1, self.batch_size,
+                    f"a size that leaves no minibatch of one from the n_envs * n_steps = "
+                    f"{rollout} segments of a rollout (e.g. a divisor of {rollout})")
         require(where, "learning_rate", self.learning_rate > 0, self.learning_rate, "positive")
         require(where, "gamma", 0 < self.gamma <= 1, self.gamma, "in (0, 1]")
         require(where, "gae_lambda", 0 <= self.gae_lambda <= 1, self.gae_lambda, "in [0, 1]")

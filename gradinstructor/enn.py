@@ -21,7 +21,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,17 +66,49 @@ class ENNConfig:
     hidden: int = 64
 
     def __post_init__(self) -> None:
-        self.layer_shapes = [tuple(int(v) for v in s) for s in self.layer_shapes]
+        if isinstance(self.layer_shapes, (str, bytes)) or not isinstance(
+                self.layer_shapes, (list, tuple)):
+            raise TypeError("ENN layer_shapes must be a list of (out, in) pairs, "
+                            f"but got {self.layer_shapes!r}")
+        self.layer_shapes = [_shape_pair(i, s) for i, s in enumerate(self.layer_shapes)]
         check_ratio(self.ratio)
         for key in ("width", "embed", "hidden"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"ENN {key} must be at least 1, but got {getattr(self, key)}")
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"ENN {key} must be at least 1, but got {value!r}")
         if not self.layer_shapes:
             raise ValueError("ENN layer_shapes must name at least one weight matrix")
 
     @property
     def image_shapes(self) -> list[tuple[int, int]]:
         return [image_shape(r, c, self.ratio) for r, c in self.layer_shapes]
+
+
+def _safe_sqrt(value: torch.Tensor) -> torch.Tensor:
+    """sqrt with gradient 0 (not inf * 0 = NaN) where ``value`` is 0.
+
+    The spread of an image's RMS channel is exactly 0 for a one-pixel image or a
+    constant (e.g. zero-initialised) weight matrix; a plain sqrt would send NaN into
+    the target network's gradient there.
+    """
+    positive = value > 0
+    safe = torch.where(positive, value, torch.ones_like(value))
+    return torch.where(positive, safe.sqrt(), torch.zeros_like(value))
+
+
+def _shape_pair(index: int, shape: Any) -> tuple[int, int]:
+    """``shape`` as an (out, in) pair of positive integers, or ValueError naming it."""
+    try:
+        pair = tuple(shape)
+    except TypeError:
+        pair = ()
+    ok = len(pair) == 2 and all(
+        not isinstance(v, bool) and isinstance(v, numbers.Integral) and v >= 1 for v in pair)
+    if not ok:
+        raise ValueError(
+            f"ENN layer_shapes[{index}] must be a pair of positive integers (out, in), "
+            f"but got {shape!r}")
+    return int(pair[0]), int(pair[1])
 
 
 class Trunk(nn.Module):
@@ -198,7 +233,7 @@ class ENN(nn.Module):
         mean_ch, rms_ch = image[:, 0], image[:, 1]
         stats = torch.stack(
             [mean_ch.mean(dim=(1, 2)), rms_ch.mean(dim=(1, 2)),
-             rms_ch.flatten(1).std(dim=1, unbiased=False)], dim=1)  # (B, 3)
+             _safe_sqrt(rms_ch.flatten(1).var(dim=1, unbiased=False))], dim=1)  # (B, 3)
         embedding = self.layer_embedding[index].expand(image.shape[0], -1)
         return torch.cat([pooled, stats, embedding], dim=1)
 
@@ -217,19 +252,50 @@ class ENN(nn.Module):
         Returns:
             Predicted final validation accuracy, shape (B,), in [0, 1].
         """
+        images, progress = self._check_inputs(images, progress)
+        joined = self.batched_features(images)  # (B, L, per-layer)
+        flat = torch.cat([joined.flatten(1), progress.reshape(-1, 1)], dim=1)
+        return torch.sigmoid(self.head(flat)).squeeze(1)
+
+    def _check_inputs(self, images: list[torch.Tensor], progress: torch.Tensor
+                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Check shapes, dtypes and devices; cast to the ENN's dtype. ValueError/TypeError."""
+        if isinstance(images, torch.Tensor) or not isinstance(images, (list, tuple)):
+            raise TypeError(f"images must be a list of {self.n_layers} tensors, one per layer, "
+                            f"but got {type(images).__name__}")
         if len(images) != self.n_layers:
             raise ValueError(
                 f"this ENN reads {self.n_layers} layer images, but got {len(images)}"
             )
+        param = self.layer_embedding
+        batch = None
         for i, (img, shape) in enumerate(zip(images, self.config.image_shapes)):
-            if img.dim() != 4 or tuple(img.shape[-2:]) != tuple(shape):
+            expected = f"(B, {CHANNELS}, {shape[0]}, {shape[1]})"
+            if not isinstance(img, torch.Tensor) or not img.is_floating_point():
+                what = img.dtype if isinstance(img, torch.Tensor) else type(img).__name__
+                raise TypeError(f"layer image {i} must be a floating-point tensor {expected}, "
+                                f"but got {what}")
+            if img.dim() != 4 or img.shape[1] != CHANNELS or tuple(img.shape[-2:]) != shape:
                 raise ValueError(
-                    f"layer image {i} must have shape (B, {CHANNELS}, {shape[0]}, {shape[1]}), "
+                    f"layer image {i} must have shape {expected}, "
                     f"but got {tuple(img.shape)}; render it at ratio {self.config.ratio}"
                 )
-        joined = self.batched_features(images)  # (B, L, per-layer)
-        flat = torch.cat([joined.flatten(1), progress.reshape(-1, 1)], dim=1)
-        return torch.sigmoid(self.head(flat)).squeeze(1)
+            if batch is not None and img.shape[0] != batch:
+                raise ValueError(f"layer image {i} holds {img.shape[0]} networks, but layer "
+                                 f"image 0 holds {batch}; every layer needs one per network")
+            batch = img.shape[0]
+            if img.device != param.device:
+                raise ValueError(f"layer image {i} is on {img.device}, but the ENN is on "
+                                 f"{param.device}; move one of them (.to(device))")
+        if not isinstance(progress, torch.Tensor):
+            progress = torch.as_tensor(progress, dtype=param.dtype, device=param.device)
+        if progress.numel() != batch:
+            raise ValueError(f"progress must hold one value per network ({batch}), "
+                             f"but got shape {tuple(progress.shape)}")
+        if not progress.is_floating_point():
+            progress = progress.float()
+        images = [img.to(param.dtype) for img in images]  # no-op when the dtypes agree
+        return images, progress.to(param.device, param.dtype)
 
     def _layout(self, like: torch.Tensor) -> CanvasLayout:
         """The canvas layout, its tensors on the device and dtype of ``like``."""
@@ -261,7 +327,7 @@ class ENN(nn.Module):
         flat = canvas.flatten(2)  # (B, C, P)
         means = flat @ layout.average  # (B, C, L)
         centred = flat[:, 1] - means[:, 1] @ layout.member  # (B, P); 0 in the gaps
-        rms_std = ((centred * centred) @ layout.average).sqrt()  # (B, L), population std
+        rms_std = _safe_sqrt((centred * centred) @ layout.average)  # (B, L), population std
         stats = torch.stack([means[:, 0], means[:, 1], rms_std], dim=2)  # (B, L, 3)
         embedding = self.layer_embedding.expand(batch, -1, -1)  # (B, L, embed)
         return torch.cat([pooled.transpose(1, 2), stats, embedding], dim=2)
@@ -270,7 +336,9 @@ class ENN(nn.Module):
         """Score one target network; differentiable in its weights. Returns a 0-d tensor."""
         self.check_model(model)
         images = [img[None] for img in render_weights(model, self.config.ratio)]
-        progress_t = torch.as_tensor(progress, dtype=torch.float32).reshape(1)
+        progress_t = torch.as_tensor(progress, dtype=torch.float32).reshape(-1)
+        if progress_t.numel() != 1 or not torch.isfinite(progress_t).all():
+            raise ValueError(f"progress must be one finite number, but got {progress!r}")
         device = images[0].device
         return self.forward(images, progress_t.to(device))[0]
 
@@ -333,49 +401,108 @@ class ENN(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ENN:
-        """Load an ENN written by :meth:`save`; never executes code from the file."""
+        """Load an ENN written by :meth:`save`; never executes code from the file.
+
+        Raises:
+            CheckpointError: the file is missing, is not an ENN checkpoint, holds
+                anything but tensors and plain data, was written in a newer or an
+                unknown format version, or is damaged.
+        """
         payload = load_payload(path, "gradinstructor-enn", map_location)
-        config = payload["config"]
-        config["layer_shapes"] = [tuple(s) for s in config["layer_shapes"]]
-        enn = cls(ENNConfig(**config))
-        enn.load_state_dict(payload["state_dict"])
-        enn.metadata = dict(payload.get("metadata", {}))
+        try:
+            config = dict(payload["config"])
+            config["layer_shapes"] = [tuple(s) for s in config["layer_shapes"]]
+            enn = cls(ENNConfig(**config))
+            enn.load_state_dict(payload["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{path} is a damaged ENN checkpoint: {_first_line(err)}") from None
+        enn.metadata = dict(payload.get("metadata") or {})
         enn.actor_payload = payload.get("actor")
         return enn
 
 
 def atomic_torch_save(payload: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    The data is flushed to disk before the rename, so a process killed at any
+    moment (or a machine that loses power) leaves either the old file or the new
+    one at ``path``, never a half-written one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def load_payload(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> dict:
-    """Read a checkpoint with ``weights_only=True`` and check its format and version."""
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def load_payload(path: str | os.PathLike, kind: str, map_location: Any = "cpu",
+                 format_version: int = FORMAT_VERSION) -> dict:
+    """Read a checkpoint with ``weights_only=True`` and check its format and version.
+
+    ``weights_only=True`` accepts tensors and plain data (dicts, lists, numbers,
+    strings); a file that asks to import anything else is refused before any of
+    its code can run.
+
+    Args:
+        path: the file.
+        kind: the expected ``format`` field (e.g. ``"gradinstructor-enn"``).
+        map_location: where to put the tensors.
+        format_version: the newest format version of ``kind`` this code reads.
+
+    Raises:
+        CheckpointError: missing file, code in the file, damaged file, another
+            kind of file, or a format version that is newer or unknown.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        blocked = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if blocked:
+            raise CheckpointError(
+                f"refused to load {path}: it asks to import {blocked.group(1)}, so loading it "
+                "could run code; gradinstructor reads checkpoints with "
+                "torch.load(weights_only=True), which accepts only tensors and plain data. "
+                "Only files written by gradinstructor are accepted"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a checkpoint this version can read safely: it is damaged, "
+            "truncated or not a torch file; only files written by gradinstructor are accepted"
+        ) from None
     except Exception as err:
         raise CheckpointError(
-            f"{path} is not a checkpoint this version can read safely ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); only files written by "
+            f"{path} is not a checkpoint this version can read safely: it is damaged, "
+            f"truncated or not a torch file ({_first_line(err)}); only files written by "
             "gradinstructor are accepted"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != kind:
         raise CheckpointError(f"{path} is not a {kind} checkpoint")
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(
-            f"{path} has format version {version!r}, newer than this gradinstructor "
-            f"({__version__}) reads (up to {FORMAT_VERSION}); upgrade gradinstructor"
+            f"{path} has an unknown format version {version!r}; this gradinstructor "
+            f"({__version__}) reads {kind} format versions 1 to {format_version}. It was "
+            "damaged or written by another program: re-create it, or upgrade gradinstructor "
+            "if a newer one wrote it"
+        )
+    if version > format_version:
+        raise CheckpointError(
+            f"{path} has format version {version}, newer than this gradinstructor "
+            f"({__version__}) reads (up to {format_version}); upgrade gradinstructor"
         )
     return payload

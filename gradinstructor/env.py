@@ -16,8 +16,10 @@
   with the environment's copy of the current critic, synchronised by the agent
   before every rollout.
 
-A non-finite loss ends the episode with reward 0 (``info["diverged"]``), so the
-learner is penalised instead of crashing.
+A non-finite loss or non-finite weights end the episode with reward 0, the lowest
+accuracy there is (``info["diverged"]``, with the minibatch step and the last finite
+loss), so the learner is penalised instead of crashing. The penalty is 0 rather than
+negative because the critic, a sigmoid, predicts the final accuracy in [0, 1].
 
 Example:
     >>> from gradinstructor.tasks import load_task
@@ -29,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import gymnasium as gym
@@ -123,6 +126,9 @@ class TargetTrainingEnv(gym.Env):
                                          every=self.enn_every)
         self.segment = 0
         self.strengths: list[float] = []
+        self.net_seed, self.init = net_seed, init
+        self.batches_used = 0
+        self.last_finite_loss = float("nan")
         info = {"init": init, "scale": scale, "lr": self.lr, "net_seed": net_seed}
         return self._observation(), info
 
@@ -137,6 +143,9 @@ class TargetTrainingEnv(gym.Env):
 
         terminated = diverged or self.segment >= self.segments
         info: dict[str, Any] = {"strength": strength, "diverged": diverged}
+        if diverged:  # the penalty: reward 0, the lowest accuracy there is
+            info.update(diverged_step=self.instructor.step,
+                        last_finite_loss=self.last_finite_loss)
         reward = 0.0
         if terminated:
             data = self.task.data
@@ -154,14 +163,68 @@ class TargetTrainingEnv(gym.Env):
         data = self.task.data
         for _ in range(self._segment_steps()):
             idx = next(self.batches)
+            self.batches_used += 1
             loss = F.cross_entropy(self.model(data.train_x[idx]), data.train_y[idx])
             total = self.instructor(loss)
             if not torch.isfinite(total):
                 return False
+            self.last_finite_loss = float(total.detach())
             self.optimizer.zero_grad()
             total.backward()
             self.optimizer.step()
         return all(torch.isfinite(p).all() for p in self.model.parameters())
+
+    # -- saving and restoring an episode in progress (for resuming the agent's training)
+    def get_state(self) -> dict[str, Any]:
+        """The episode in progress as tensors and plain data (``torch.load(weights_only=True)``).
+
+        Together with :meth:`set_state` it lets a resumed agent continue every
+        environment exactly where it was: the target network, its optimiser, the
+        position in its minibatch order, the segment, the strengths so far, the
+        ENN-gradient reuse state and the environment's random generator.
+        """
+        if self.model is None:
+            raise RuntimeError("call reset() before get_state()")
+        instructor = self.instructor
+        grads = instructor._enn_grads
+        return {
+            "net_seed": self.net_seed, "init": self.init, "lr": self.lr,
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "batches_used": self.batches_used, "segment": self.segment,
+            "strengths": list(self.strengths), "last_finite_loss": self.last_finite_loss,
+            "instructor": {"step": instructor.step, "strength": float(instructor.strength),
+                           "last_score": instructor.last_score,
+                           "last_strength": instructor.last_strength,
+                           "enn_grads": None if grads is None else [g.clone() for g in grads]},
+            "np_random": self.np_random.bit_generator.state,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Restore an episode saved by :meth:`get_state`; returns its observation."""
+        self.model = self.task.build_model(seed=state["net_seed"], init=state["init"])
+        self.model.load_state_dict(state["model"])
+        self.net_seed, self.init, self.lr = state["net_seed"], state["init"], state["lr"]
+        self.optimizer = self.task.make_optimizer(self.model, self.lr)
+        self.optimizer.load_state_dict(state["optimizer"])
+        cfg = self.task.config
+        self.batches = batch_order(len(self.task.data.train_y), cfg.batch_size, cfg.epochs,
+                                   seed=self.net_seed)
+        self.batches_used = state["batches_used"]
+        for _ in range(self.batches_used):
+            next(self.batches)
+        saved = state["instructor"]
+        self.instructor = GradInstructor(self.model, self.enn, strength=saved["strength"],
+                                         total_steps=self.task.total_steps,
+                                         every=self.enn_every)
+        self.instructor.step = saved["step"]
+        self.instructor.last_score = saved["last_score"]
+        self.instructor.last_strength = saved["last_strength"]
+        self.instructor._enn_grads = saved["enn_grads"]
+        self.segment, self.strengths = state["segment"], list(state["strengths"])
+        self.last_finite_loss = state["last_finite_loss"]
+        self.np_random.bit_generator.state = state["np_random"]
+        return self._observation()
 
     def _observation(self) -> dict[str, np.ndarray]:
         with torch.no_grad():

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_RATIO = 0.15
@@ -68,10 +70,16 @@ def weight_matrices(model: nn.Module) -> list[torch.Tensor]:
     Raises:
         ValueError: if the model has no weight matrix.
     """
-    return [w.reshape(w.shape[0], -1) for w in weight_parameters(model)]
+    return [w.flatten(1) for w in weight_parameters(model)]
 
 
-@functools.lru_cache(maxsize=256)
+# Pooling along an axis is a dense (n_out, n_in) matrix product while the matrix is
+# small; above this many elements (16 MB in float32) it is adaptive_avg_pool2d instead,
+# so a very wide or very tall layer costs memory in proportion to its size.
+MAX_POOL_MATRIX = 2**22
+_CACHED_POOL_MATRIX = 2**20  # matrices up to 4 MB are kept for reuse
+
+
 def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
     """(n_out, n_in) matrix of adaptive average pooling along one axis.
 
@@ -79,12 +87,23 @@ def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
     ``torch.nn.functional.adaptive_avg_pool1d``; as a matrix product it is an
     order of magnitude faster on a CPU than the pooling kernel.
     """
-    pool = torch.zeros(n_out, n_in)
-    for i in range(n_out):
-        start = (i * n_in) // n_out
-        end = -(-((i + 1) * n_in) // n_out)
-        pool[i, start:end] = 1.0 / (end - start)
-    return pool
+    if n_in * n_out <= _CACHED_POOL_MATRIX:
+        return _cached_pool_matrix(n_in, n_out)
+    return _build_pool_matrix(n_in, n_out)
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    return _build_pool_matrix(n_in, n_out)
+
+
+def _build_pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    index = torch.arange(n_out)
+    start = (index * n_in) // n_out
+    end = -((-(index + 1) * n_in) // n_out)  # ceil((i + 1) * n_in / n_out)
+    columns = torch.arange(n_in)
+    inside = (columns[None] >= start[:, None]) & (columns[None] < end[:, None])
+    return inside.float() / (end - start).float()[:, None]
 
 
 def image_shape(rows: int, cols: int, ratio: float = DEFAULT_RATIO) -> tuple[int, int]:
@@ -94,6 +113,9 @@ def image_shape(rows: int, cols: int, ratio: float = DEFAULT_RATIO) -> tuple[int
     side itself (a matrix is not upsampled): 784 x 100 at 0.15 gives 118 x 15.
     """
     check_ratio(ratio)
+    for side_name, n in (("rows", rows), ("cols", cols)):
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise TypeError(f"{side_name} must be an integer, but got {n!r}")
     if rows < 1 or cols < 1:
         raise ValueError(f"cannot render an empty weight matrix of shape {rows} x {cols}")
 
@@ -104,8 +126,21 @@ def image_shape(rows: int, cols: int, ratio: float = DEFAULT_RATIO) -> tuple[int
 
 
 def check_ratio(ratio: float) -> None:
-    if not isinstance(ratio, (int, float)) or not 0 < ratio <= 1 or math.isnan(ratio):
+    """Raise ValueError unless ``ratio`` is a number in (0, 1]."""
+    if (isinstance(ratio, bool) or not isinstance(ratio, numbers.Real)
+            or math.isnan(ratio) or not 0 < ratio <= 1):
         raise ValueError(f"ratio must be in (0, 1], but got {ratio!r}")
+
+
+def _check_weights(weights: object, what: str) -> None:
+    """TypeError unless ``weights`` is a real floating-point tensor."""
+    if not isinstance(weights, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, but got {type(weights).__name__}")
+    if not weights.is_floating_point():
+        raise TypeError(
+            f"{what} must have a floating-point dtype (float16, bfloat16, float32, float64), "
+            f"but got {weights.dtype}"
+        )
 
 
 def render_matrix(weight: torch.Tensor, ratio: float = DEFAULT_RATIO) -> torch.Tensor:
@@ -114,8 +149,10 @@ def render_matrix(weight: torch.Tensor, ratio: float = DEFAULT_RATIO) -> torch.T
     Computed in float32 whatever the weight's dtype; differentiable in ``weight``.
 
     Raises:
-        ValueError: ``weight`` is not 2-D, or ``ratio`` is not in (0, 1].
+        TypeError: ``weight`` is not a floating-point tensor.
+        ValueError: ``weight`` is not 2-D or is empty, or ``ratio`` is not in (0, 1].
     """
+    _check_weights(weight, "the weight matrix")
     if weight.dim() != 2:
         raise ValueError(f"expected a 2-D weight matrix, got shape {tuple(weight.shape)}")
     return render_stack(weight[None], ratio)[0]
@@ -136,24 +173,32 @@ def render_stack(weights: torch.Tensor, ratio: float = DEFAULT_RATIO) -> torch.T
         (N, CHANNELS, H, W) float32 images, differentiable in ``weights``.
 
     Raises:
-        ValueError: ``weights`` is not 3-D, or ``ratio`` is not in (0, 1].
+        TypeError: ``weights`` is not a floating-point tensor.
+        ValueError: ``weights`` is not 3-D, a matrix is empty, or ``ratio`` is not in (0, 1].
     """
+    _check_weights(weights, "the weight stack")
     if weights.dim() != 3:
         raise ValueError(
             f"expected a stack of weight matrices (N, out, in), got shape {tuple(weights.shape)}"
         )
     rows, cols = weights.shape[1:]
     height, width = image_shape(rows, cols, ratio=ratio)
-    pool_rows = _pool_matrix(rows, height).to(weights.device)  # (H, out)
-    pool_cols = _pool_matrix(cols, width).to(weights.device).T  # (in, W)
     w = weights.float() * math.sqrt(cols)  # (N, out, in)
     both = torch.stack([w, w * w], dim=1)  # (N, 2, out, in): values and squares
-    # P_r @ X @ P_c in the cheaper order: for a 100 x 784 layer pooled to 15 x 118,
-    # pooling the long side first is ~7x fewer multiply-adds than going left to right.
-    if rows * cols * width + height * rows * width <= height * rows * cols + height * cols * width:
-        pooled = pool_rows @ (both @ pool_cols)  # (N, 2, H, W)
+    if max(height * rows, width * cols) > MAX_POOL_MATRIX:  # a very wide or tall matrix
+        n = weights.shape[0]
+        pooled = F.adaptive_avg_pool2d(both.reshape(n * CHANNELS, rows, cols), (height, width))
+        pooled = pooled.reshape(n, CHANNELS, height, width)
     else:
-        pooled = (pool_rows @ both) @ pool_cols
+        pool_rows = _pool_matrix(rows, height).to(weights.device)  # (H, out)
+        pool_cols = _pool_matrix(cols, width).to(weights.device).T  # (in, W)
+        # P_r @ X @ P_c in the cheaper order: for a 100 x 784 layer pooled to 15 x 118,
+        # pooling the long side first is ~7x fewer multiply-adds than going left to right.
+        if (rows * cols * width + height * rows * width
+                <= height * rows * cols + height * cols * width):
+            pooled = pool_rows @ (both @ pool_cols)  # (N, 2, H, W)
+        else:
+            pooled = (pool_rows @ both) @ pool_cols
     mean, square = pooled.unbind(1)  # (N, H, W) each
     return torch.stack([mean, (square + _EPS).sqrt()], dim=1)  # (N, 2, H, W)
 

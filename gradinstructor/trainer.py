@@ -201,6 +201,7 @@ def fit_target(task: Task, model: nn.Module, seed: int, instructor: GradInstruct
     curve: list[dict] = []
     last_finite = float("nan")
     task_norm = enn_norm = 0.0
+    step = 0
     for step, idx in enumerate(batch_order(len(data.train_y), cfg.batch_size, cfg.epochs, seed)):
         loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
         if l1:
@@ -211,9 +212,11 @@ def fit_target(task: Task, model: nn.Module, seed: int, instructor: GradInstruct
         total = instructor(loss) if instructor is not None else loss
 
         if not torch.isfinite(total):
+            before = (f"last finite loss {last_finite:.4g} (step {step - 1})" if step else
+                      "the first loss was not finite either")
             raise DivergenceError(
                 f"{method}: loss became {float(total.detach())} at step {step} "
-                f"(epoch {step // steps_per_epoch}); last finite loss {last_finite:.4g}. "
+                f"(epoch {step // steps_per_epoch}); {before}. "
                 "Lower the learning rate or the ENN strength"
             )
         last_finite = float(total.detach())
@@ -232,7 +235,7 @@ def fit_target(task: Task, model: nn.Module, seed: int, instructor: GradInstruct
                 "task_grad_norm": task_norm,
                 "enn_grad_norm": enn_norm,
             })
-    _check_finite_weights(model, method)
+    _check_finite_weights(model, method, step, last_finite)
     return TrainResult(
         train_acc=accuracy(model, data.train_x, data.train_y),
         val_acc=accuracy(model, data.val_x, data.val_y),
@@ -255,10 +258,11 @@ def _norm(grads) -> float:
     return float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads)))
 
 
-def _check_finite_weights(model: nn.Module, method: str) -> None:
+def _check_finite_weights(model: nn.Module, method: str, step: int,
+                          last_finite: float) -> None:
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise DivergenceError(
-                f"{method}: parameter {name} holds non-finite values after training; "
-                "lower the learning rate or the ENN strength"
+                f"{method}: parameter {name} became non-finite at step {step} (the last); "
+                f"last finite loss {last_finite:.4g}. Lower the learning rate or the ENN strength"
             )
