@@ -159,7 +159,8 @@ def gradcam(enn: ENN, model: nn.Module, progress: float = 1.0,
         cam = LayerGradCam(forward, target_layer).attribute(image, relu_attributions=True)
         # (1, 1, H, W) -> (1, 1, out, in); the trunk keeps the image's size (padding 1)
         full = LayerAttribution.interpolate(cam, tuple(weight.shape), interpolate_mode="nearest")
-        maps.append(LayerMap(index=i, weight=weight.detach().cpu().numpy(),
+        # a copy: a view would change with the model (gradcam_series reloads one probe)
+        maps.append(LayerMap(index=i, weight=weight.detach().cpu().numpy().copy(),
                              relevance=full[0, 0].detach().cpu().numpy(),
                              image_relevance=cam[0, 0].detach().cpu().numpy()))
     return maps
@@ -312,7 +313,8 @@ def save_maps(maps: list[LayerMap], out_dir: str | os.PathLike, prefix: str = "g
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for m in maps:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), constrained_layout=True)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+        _fixed_layout(fig, rows=1, title=bool(title))
         _draw_pair(fig, axes, m, float(np.abs(m.weight).max()) or 1.0)
         if title:
             fig.suptitle(title)
@@ -321,6 +323,18 @@ def save_maps(maps: list[LayerMap], out_dir: str | os.PathLike, prefix: str = "g
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _fixed_layout(fig, rows: int, title: bool) -> None:
+    """Margins in inches for rows of (weights, Grad-CAM) panel pairs.
+
+    A fixed layout, not matplotlib's constrained one: that one measures every tick
+    label of every panel and took half the time of the figures of a run.
+    """
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=0.6 / width, right=1 - 0.15 / width,
+                        bottom=0.45 / height, top=1 - (0.55 if title else 0.3) / height,
+                        wspace=0.22, hspace=0.75 if rows > 1 else 0.0)
 
 
 def _draw_pair(fig, axes, m: LayerMap, limit: float, label: str = "") -> None:
@@ -333,7 +347,14 @@ def _draw_pair(fig, axes, m: LayerMap, limit: float, label: str = "") -> None:
     peak = float(m.relevance.max())
     shown = axes[1].imshow(m.relevance, cmap="inferno", vmin=0.0, vmax=peak or 1.0,
                            aspect="auto", interpolation="nearest")
-    axes[1].set_title(f"{prefix}Grad-CAM (max {peak:.3g})", fontsize=9)
+    if peak > 0:
+        axes[1].set_title(f"{prefix}Grad-CAM (max {peak:.3g})", fontsize=9)
+    else:  # an all-black panel would look like a rendering failure: say what it means
+        axes[1].set_title(f"{prefix}Grad-CAM (0 everywhere)", fontsize=9)
+        axes[1].text(0.5, 0.5, "Grad-CAM is 0 everywhere: no region of this layer\n"
+                     "raises the ENN's score (all its evidence is negative)",
+                     transform=axes[1].transAxes, ha="center", va="center", fontsize=8,
+                     color="white")
     fig.colorbar(shown, ax=axes[1])
     for ax in axes:
         ax.set_xlabel("input unit", fontsize=8)
@@ -361,8 +382,8 @@ def save_layer_grid(series: Sequence[Sequence[LayerMap]], snapshots: Sequence[Sn
     plt = _plt()
     maps = [row[index] for row in series]
     limit = max(float(np.abs(m.weight).max()) for m in maps) or 1.0
-    fig, axes = plt.subplots(len(maps), 2, figsize=(10, 0.4 + 2.1 * len(maps)),
-                             constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(len(maps), 2, figsize=(10, 0.4 + 2.1 * len(maps)), squeeze=False)
+    _fixed_layout(fig, rows=len(maps), title=True)
     for row, (m, snap) in enumerate(zip(maps, snapshots)):
         _draw_pair(fig, axes[row], m, limit, label=f"{snap.label} (step {snap.step})")
     shape = maps[0].weight.shape

@@ -85,11 +85,24 @@ def _mean_curve(runs: list[dict], key: str) -> np.ndarray | None:
     return np.mean([c[:length] for c in curves], axis=0)
 
 
+# Line style and marker per method, so that methods whose curves coincide (L1 with a
+# tiny coefficient and plain share seeds) still show as two lines.
+_STYLES = (("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ((0, (5, 1, 1, 1)), "v"))
+
+
+def _integer_ticks(ax) -> None:
+    """Only whole numbers on the x axis (epochs, episodes)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_curves(results: dict, path: Path) -> Path:
     """Validation and training accuracy per epoch, mean over seeds, one line per method."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True, sharey=True)
-    for method, entry in results["methods"].items():
+    for number, (method, entry) in enumerate(results["methods"].items()):
+        line, marker = _STYLES[number % len(_STYLES)]
         for ax, key in zip(axes, ("val_acc", "train_acc")):
             curves = [[p[key] * 100 for p in r["curve"]] for r in entry["runs"] if r["curve"]]
             if not curves:
@@ -97,13 +110,14 @@ def plot_curves(results: dict, path: Path) -> Path:
             length = min(len(c) for c in curves)
             curves = np.array([c[:length] for c in curves])
             mean, epochs = curves.mean(axis=0), np.arange(1, length + 1)
-            ax.plot(epochs, mean, marker="o", ms=3, label=method)
+            ax.plot(epochs, mean, linestyle=line, marker=marker, ms=4, alpha=0.9, label=method)
             if len(curves) > 1:
                 std = curves.std(axis=0)
                 ax.fill_between(epochs, mean - std, mean + std, alpha=0.12)
     axes[0].set_ylabel("accuracy %")
     for ax, what in zip(axes, ("validation", "training")):
         ax.set_xlabel("epoch")
+        _integer_ticks(ax)
         ax.set_title(f"{what} accuracy, {results['task']} (mean +- std over seeds)", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -148,6 +162,7 @@ def plot_schedule(results: dict, path: Path) -> Path | None:
         ax.set_yscale("log")
     for ax in axes:
         ax.set_xlabel("epoch")
+        _integer_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.savefig(path, dpi=90)
@@ -170,6 +185,7 @@ def plot_rl(record: dict, path: Path) -> Path | None:
     ax2.plot([e["mean_strength"] for e in episodes], color="tab:red", alpha=0.5, lw=1)
     ax2.set_ylabel("mean strength", color="tab:red")
     ax.set_xlabel("episode")
+    _integer_ticks(ax)
     ax.set_ylabel("validation accuracy %")
     ax.set_title("RL training of the ENN")
     ax.legend(loc="lower right")
@@ -183,6 +199,17 @@ def plot_rl(record: dict, path: Path) -> Path | None:
 
 def _esc(value) -> str:
     return html.escape(str(value))
+
+
+def _short(value) -> str:
+    """A float to 4 significant digits (0.2554, not 0.25540000200271606); others as is."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _share(value) -> str:
+    """A top-10% share; NaN (a map that is 0 everywhere) says so instead."""
+    value = float(value)
+    return f"{value:.2f}" if np.isfinite(value) else "map is 0"
 
 
 def _img(run_dir: Path, path: Path, caption: str) -> str:
@@ -243,7 +270,7 @@ def _schedule_text(results: dict) -> str:
 def _rl(record: dict, run_dir: Path, plots: Path) -> str:
     meta = record.get("metadata", {})
     parts = ['<h2 id="sec-rl">ENN training by RL</h2>',
-             "<p>" + _esc(", ".join(f"{k}: {v}" for k, v in meta.items())) + "</p>"]
+             "<p>" + _esc(", ".join(f"{k}: {_short(v)}" for k, v in meta.items())) + "</p>"]
     rl = plot_rl(record, plots / "rl.png")
     if rl:
         parts.append(_img(run_dir, rl, "RL episodes: final validation accuracy and strength"))
@@ -257,8 +284,8 @@ def _gradcam(run_dir: Path, problems: list[str]) -> str | None:
         pngs = sorted(folder.glob("*.png")) if folder.is_dir() else []
         if not pngs:
             return None
-        if why != "missing":
-            problems.append(f"gradcam/gradcam.json: {why}")
+        problems.append("gradcam/gradcam.json (missing: the Grad-CAM figures are shown without "
+                        "their summary)" if why == "missing" else f"gradcam/gradcam.json: {why}")
         return "\n".join(['<h2 id="sec-gradcam">Grad-CAM</h2>']
                          + [_img(run_dir, p, p.stem) for p in pngs])
     snapshots, layers = summary["snapshots"], summary["layers"]
@@ -267,7 +294,7 @@ def _gradcam(run_dir: Path, problems: list[str]) -> str | None:
         score = snap.get("enn_score")
         rows.append([snap["label"], snap["step"], f"{100 * snap['progress']:.0f}%",
                      "" if score is None else f"{score:.4f}"]
-                    + [f"{layer['top10_share'][s]:.2f}" for layer in layers])
+                    + [_share(layer["top10_share"][s]) for layer in layers])
     columns = ["point", "step", "budget used", "ENN score"] + [
         f"layer {layer['index']}: top-10% share" for layer in layers]
     parts = [
@@ -278,7 +305,8 @@ def _gradcam(run_dir: Path, problems: list[str]) -> str | None:
         "training: left the weight matrix (one colour scale for all rows), right the Grad-CAM "
         "relevance of the ENN's score interpolated to the matrix's shape (each panel has its "
         "own scale; its maximum is in the title). The top-10% share is the part of the total "
-        "relevance held by the most relevant tenth of the weights (0.1 means flat).</p>",
+        "relevance held by the most relevant tenth of the weights (0.1 means flat; \"map "
+        "is 0\" where Grad-CAM finds no region that raises the score).</p>",
         _table(columns, rows, table_id="gradcam-points"),
     ]
     for layer in layers:
@@ -477,6 +505,7 @@ table {{ border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }}
 th, td {{ border: 1px solid #bbb; padding: 3px 9px; text-align: right; }}
 th {{ background: #f0f0f0; }}
 th:first-child, td:first-child {{ text-align: left; }}
+#prune th:nth-child(2), #prune td:nth-child(2) {{ text-align: left; }}
 tbody tr:nth-child(even) {{ background: #fafafa; }}
 img {{ max-width: 100%; }}
 figure {{ margin: 1em 0; }}

@@ -5,7 +5,12 @@ wandb is forced offline before anything imports it, so no test can reach a serve
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -41,6 +46,34 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("recorded wall times")
         for name, seconds in _WALL_TIMES:
             terminalreporter.write_line(f"{name}: {seconds:.1f} s")
+
+
+@dataclasses.dataclass
+class DemoRun:
+    """One ``demo --quick`` run in a subprocess: its folder, outcome and wall time."""
+
+    path: Path
+    result: subprocess.CompletedProcess
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def quick_demo_run(tmp_path_factory) -> DemoRun:
+    """``gradinstructor demo --quick --tracker wandb`` (offline), run once per session.
+
+    Shared by the CLI test, which checks its artefacts, and the dashboard test, which
+    opens its report in a browser; takes about 30 s on 2 cores.
+    """
+    path = tmp_path_factory.mktemp("quick_demo")
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "gradinstructor.cli", "demo", "--quick", "--tracker", "wandb",
+         "--out", str(path), "--no-progress"],
+        cwd=path, capture_output=True, text=True, timeout=600,
+        # one intra-op thread unless told otherwise, for the reason given above set_num_threads
+        env={**os.environ, "WANDB_MODE": "offline",
+             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    return DemoRun(path=path, result=result, seconds=time.perf_counter() - start)
 
 
 @pytest.fixture(scope="session")

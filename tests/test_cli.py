@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -141,11 +140,9 @@ def test_a_missing_dataset_exits_2_naming_the_offline_tasks(tmp_path, capsys):
     assert "dataset 'mnist'" in line and "mnist5k, digits" in line
 
 
-def test_quick_demo_with_offline_wandb_writes_every_artefact(tmp_path, record_wall_time, capsys):
-    start = time.perf_counter()
-    result = _run_module("demo", "--quick", "--tracker", "wandb", "--out", str(tmp_path),
-                         "--no-progress", cwd=tmp_path, timeout=600)
-    seconds = time.perf_counter() - start
+def test_quick_demo_with_offline_wandb_writes_every_artefact(quick_demo_run, record_wall_time,
+                                                              capsys):
+    tmp_path, result, seconds = quick_demo_run.path, quick_demo_run.result, quick_demo_run.seconds
     record_wall_time("demo --quick (wall)", seconds)
     with capsys.disabled():
         print(f"\n[demo --quick finished in {seconds:.1f} s]")
