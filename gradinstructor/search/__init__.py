@@ -22,6 +22,7 @@ from gradinstructor.search.study import (
     StorageError,
     SweepError,
     open_storage,
+    prepare_sweep,
     redact,
     run_sweep,
 )
@@ -31,6 +32,6 @@ from gradinstructor.search.wandb_backend import run_wandb_sweep, to_wandb_sweep
 
 __all__ = [
     "StorageError", "Sweep", "SweepError", "TrialSettings", "analyze_study", "format_analysis",
-    "load_sweep", "open_storage", "parse_sweep", "plan_trial", "redact", "run_sweep",
-    "run_trial", "run_wandb_sweep", "to_wandb_sweep", "valid_parameters",
+    "load_sweep", "open_storage", "parse_sweep", "plan_trial", "prepare_sweep", "redact",
+    "run_sweep", "run_trial", "run_wandb_sweep", "to_wandb_sweep", "valid_parameters",
 ]

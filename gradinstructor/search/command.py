@@ -60,6 +60,10 @@ def add_sweep_parser(sub) -> argparse.ArgumentParser:
                    help="seeds the sampler (default: drawn, so that workers differ)")
     p.add_argument("--tracker", choices=["wandb", "none"], default="wandb",
                    help="one wandb run per trial, offline unless logged in (default), or none")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch threads per worker (default: 1; the networks are tiny and extra "
+                        "threads slow a busy machine down; to use more cores, start more "
+                        "workers with the same --storage and --out). OMP_NUM_THREADS wins")
     p.add_argument("--model", choices=["ridge", "gbr"], default="ridge",
                    help="with `analyze`: diagnostics -> gain model (default: ridge)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -88,6 +92,9 @@ def _analyze(args) -> int:
     if args.storage is None and not (out / STORAGE_FILE).is_file():
         raise StorageError(f"no study storage at {out / STORAGE_FILE}; pass --storage URL "
                            "(the one the sweep ran with) or --out RUN")
+    if args.storage is not None and "://" not in args.storage and not Path(args.storage).is_file():
+        raise StorageError(f"--storage {args.storage}: no such journal file; pass the --storage "
+                           "the sweep ran with (a journal file path or a database URL)")
     storage = open_storage(args.storage, out / STORAGE_FILE)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -114,9 +121,9 @@ def run_command(args) -> int:
 
 
 def _sweep(args) -> int:
-    from gradinstructor.search import load_sweep, run_sweep
+    from gradinstructor.search import load_sweep
     from gradinstructor.search.analyze import analyze_study, format_analysis
-    from gradinstructor.search.study import target_count
+    from gradinstructor.search.study import count_trials, prepare_sweep, target_count
 
     if args.analyze_file is not None:
         raise ValueError(f"sweep takes one FILE, but got a second: {args.analyze_file!r} "
@@ -127,15 +134,23 @@ def _sweep(args) -> int:
         from gradinstructor.search.wandb_backend import run_wandb_sweep
 
         sweep_id = run_wandb_sweep(sweep, trials=args.trials, name=name, out=out,
-                                   seeds=args.seeds)
+                                   seeds=args.seeds, threads=args.threads)
         print(f"W&B sweep: {sweep_id}")
         return 0
     n_trials = target_count(sweep, args.trials)
     print(f"sweep {name}: {n_trials} complete trials wanted; storage "
           f"{_shown_storage(args.storage, out)}")
-    study = run_sweep(sweep, trials=args.trials, storage=args.storage, study_name=name, out=out,
-                      seeds=args.seeds, tracker=args.tracker,
-                      progress_bar=not args.no_progress, seed=args.seed)
+    runner = prepare_sweep(sweep, trials=args.trials, storage=args.storage, study_name=name,
+                           out=out, seeds=args.seeds, tracker=args.tracker,
+                           progress_bar=not args.no_progress, seed=args.seed,
+                           threads=args.threads)
+    ran = runner.run()
+    study = runner.study
+    complete, running = count_trials(study)
+    print(f"this worker completed {len(ran)} trial(s)"
+          + (f": {', '.join(map(str, ran))}" if ran else "")
+          + f"; the study holds {complete} of {runner.n_trials} complete"
+          + (f", {running} running in other workers" if running else ""))
     try:
         print(format_analysis(analyze_study(study, model=args.model)))
     except ValueError as err:  # e.g. every trial ran in other workers and none finished yet

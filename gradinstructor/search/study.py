@@ -17,7 +17,13 @@
   point whose trial failed is tried again (Optuna's GridSampler counts a failed
   point as visited). A second worker that drew a point already taken skips it;
   a worker that would exceed the count skips too. A skipped trial is recorded as
-  PRUNED with the reason in user attr ``skipped``.
+  PRUNED with the reason in user attr ``skipped``. A point enqueued by a worker
+  that died before running it is handed out again.
+* Threads: each worker runs torch with one intra-op thread by default. The
+  networks are tiny, so more threads gain nothing, and on a busy machine each
+  extra OpenMP thread spins against other processes: on 2 shared cores one RL
+  trial ran 20x slower with torch's default 2 threads. Use more cores by running
+  more workers on the same storage. ``OMP_NUM_THREADS``, when set, wins.
 
 Example:
     >>> from gradinstructor.search import load_sweep, run_sweep
@@ -71,26 +77,58 @@ class TrialSkipped(optuna.TrialPruned):
 # --------------------------------------------------------------------------- storage
 
 
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    try:
-        from sqlalchemy.engine import make_url
+# scheme://user:password@host/path: the password runs to the last "@" before the host
+_USERINFO = re.compile(r"^(?P<head>[^:/?#]+://[^:/@?#]*:)(?P<password>.*)@(?P<tail>[^@/]*(?:[/?].*)?)$",
+                       re.DOTALL)
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)([^&#]*)")
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy parses: hide anything between : and @
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+def _password(url: str) -> str | None:
+    match = _USERINFO.match(url)
+    return match.group("password") if match else None
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` query) shown as ``***``.
+
+    Example:
+        >>> redact("postgresql://me:secret@127.0.0.1:5432/db")
+        'postgresql://me:***@127.0.0.1:5432/db'
+    """
+    text = str(url)
+    match = _USERINFO.match(text)
+    if match:
+        text = f"{match.group('head')}***@{match.group('tail')}"
+    return _QUERY_PASSWORD.sub(r"\1***", text)
 
 
 def _scrub(text: str, url: str) -> str:
     """Remove the password of ``url`` from ``text`` (a driver's message may quote it)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        password = make_url(url).password
-    except Exception:
-        password = None
     text = text.replace(url, redact(url))
-    return text.replace(str(password), "***") if password else text
+    secrets = [m.group(2) for m in _QUERY_PASSWORD.finditer(url)]
+    password = _password(url)
+    if password:
+        # a password with an unescaped "@" is split by the URL parser; hide its pieces too
+        secrets += [password, *password.split("@")]
+    for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with the form of an RDB URL, or None."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 (parses the port)
+    except Exception as err:  # ArgumentError, ValueError (a port that is not a number)
+        return f"it does not parse ({_first_line(err)})"
+    password = _password(url) or ""
+    if any(c in password for c in "@/?#"):
+        return ("its password holds one of @ / ? #, which must be percent-encoded "
+                "(e.g. %40 for @)")
+    return None
 
 
 def _with_driver(url: str) -> str:
@@ -130,23 +168,44 @@ def open_storage(url: str | os.PathLike | None, default_path: str | os.PathLike)
     text = None if url is None else str(url)
     if text is None or "://" not in text:
         return _journal(Path(text or default_path))
+    problem = _url_problem(text)
+    if problem is not None:
+        raise StorageError(f"storage {redact(text)}: {_scrub(problem, text)}; {STORAGE_FORMS}")
     full = _with_driver(text)
     kwargs: dict[str, Any] = {}
     if full.startswith("postgresql"):
         kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     try:
         return _rdb(full, kwargs)
     except ImportError as err:
+        hint = ("`pip install 'gradinstructor[postgres]'`" if text.startswith("postgres")
+                else "e.g. `pip install PyMySQL` and a mysql+pymysql:// URL for MySQL"
+                if text.startswith("mysql") else "the driver the URL names")
         raise StorageError(
-            f"storage {redact(text)}: the database driver is missing ({err.__cause__ or err}); "
-            "install it, e.g. `pip install 'gradinstructor[postgres]'` for PostgreSQL"
-        ) from None
+            f"storage {redact(text)}: the database driver is missing "
+            f"({_scrub(str(err.__cause__ or err), text)}); install {hint}") from None
+    except (NoSuchModuleError, ArgumentError) as err:
+        raise StorageError(
+            f"storage {redact(text)}: not a storage URL SQLAlchemy knows ({type(err).__name__}: "
+            f"{_scrub(_first_line(err), text)}); {STORAGE_FORMS}") from None
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        check = ("check that its folder exists and is writable" if text.startswith("sqlite")
+                 else "check that the server is running and that the URL's user, password, "
+                      "host, port and database are right")
         raise StorageError(
-            f"cannot open storage {redact(text)}: {type(err).__name__}: {_scrub(first, text)}; "
-            "check that the server is running and that the URL's user, password, host, port "
-            "and database are right") from None
+            f"cannot open storage {redact(text)}: {type(err).__name__}: "
+            f"{_scrub(_first_line(err), text)}; {check}") from None
+
+
+STORAGE_FORMS = ("give sqlite:///PATH.db, postgresql://USER:PASSWORD@HOST:PORT/DB, "
+                 "mysql+pymysql://USER:PASSWORD@HOST/DB, or the path of a journal file")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _rdb(url: str, engine_kwargs: dict, attempts: int = 3):
@@ -214,6 +273,12 @@ def worker_alive(worker: dict) -> bool | None:
         return False
     started = worker.get("started")
     return started is None or _process_start(pid) == started
+
+
+def _enqueuer_alive(trial) -> bool:
+    """Whether the worker that enqueued a WAITING trial may still run it."""
+    worker = trial.user_attrs.get("enqueued_by")
+    return worker is None or worker_alive(worker) is not False
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:
@@ -290,6 +355,25 @@ def open_study(sweep: Sweep, storage, study_name: str, n_trials: int,
     return study
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run torch with ``threads`` intra-op threads inside the block, then restore the count.
+
+    Nothing changes when ``threads`` is None or ``OMP_NUM_THREADS`` is set (the user chose).
+    """
+    import torch
+
+    if threads is None or os.environ.get("OMP_NUM_THREADS"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def count_trials(study: optuna.Study) -> tuple[int, int]:
     """(complete, running) trials of the study."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
@@ -314,15 +398,16 @@ class SweepRunner:
         progress_bar: show a tqdm bar over trials.
         max_failures: stop after this many trials in a row failed.
         seed: orders the grid points.
+        threads: torch intra-op threads while trials run (None: leave torch's setting).
     """
 
     def __init__(self, study: optuna.Study, sweep: Sweep, n_trials: int, out: Path,
                  tracker: str = "wandb", progress_bar: bool = True, max_failures: int = 3,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, threads: int | None = 1) -> None:
         self.study, self.sweep, self.n_trials = study, sweep, n_trials
         self.out, self.tracker_kind = Path(out), tracker
         self.progress_bar, self.max_failures = progress_bar, max_failures
-        self.seed = seed
+        self.seed, self.threads = seed, threads
         self.worker = worker_identity()
         self.ran: list[int] = []  # numbers of the trials this worker ran to completion
 
@@ -340,25 +425,26 @@ class SweepRunner:
                    desc=f"sweep {self.study.study_name}", disable=not self.progress_bar)
         failures = 0
         try:
-            while self._more_to_run(bar):
-                if self.sweep.method == "grid" and not self._enqueue_grid_point():
-                    logger.info("every grid point is finished or running")
-                    break
-                trial = self._run_one()
-                if trial is None or trial.state == TrialState.PRUNED:
-                    continue
-                if trial.state == TrialState.COMPLETE:
-                    failures = 0
-                    self.ran.append(trial.number)
-                    continue
-                failures += 1
-                error = trial.user_attrs.get("error", "unknown error")
-                logger.warning("trial %d failed: %s", trial.number, error)
-                if failures >= self.max_failures:
-                    raise SweepError(
-                        f"{failures} trials in a row failed; the last, trial {trial.number}: "
-                        f"{error}. Fix the cause and run the same command again: finished "
-                        "trials are kept")
+            with torch_threads(self.threads):
+                while self._more_to_run(bar):
+                    if self.sweep.method == "grid" and not self._enqueue_grid_point():
+                        logger.info("every grid point is finished, running or queued")
+                        break
+                    trial = self._run_one()
+                    if trial is None or trial.state == TrialState.PRUNED:
+                        continue
+                    if trial.state == TrialState.COMPLETE:
+                        failures = 0
+                        self.ran.append(trial.number)
+                        continue
+                    failures += 1
+                    error = trial.user_attrs.get("error", "unknown error")
+                    logger.warning("trial %d failed: %s", trial.number, error)
+                    if failures >= self.max_failures:
+                        raise SweepError(
+                            f"{failures} trials in a row failed; the last, trial "
+                            f"{trial.number}: {error}. Fix the cause and run the same command "
+                            "again: finished trials are kept")
         finally:
             bar.close()
         return self.ran
@@ -390,14 +476,19 @@ class SweepRunner:
         return best <= self.sweep.target
 
     def _enqueue_grid_point(self) -> bool:
-        """Enqueue the first grid point no complete, running or waiting trial holds."""
+        """Enqueue the first grid point no complete, running or waiting trial holds.
+
+        A waiting trial enqueued by a worker that has died does not hold its point: the
+        point is enqueued again (whichever of the two runs second is skipped as taken).
+        """
         states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-        taken = [_params_of(t) for t in self.study.get_trials(deepcopy=False, states=states)]
+        taken = [_params_of(t) for t in self.study.get_trials(deepcopy=False, states=states)
+                 if t.state != TrialState.WAITING or _enqueuer_alive(t)]
         points = self.sweep.grid_points()
         random.Random(self.seed or 0).shuffle(points)
         for point in points:
             if point not in taken:
-                self.study.enqueue_trial(point)
+                self.study.enqueue_trial(point, user_attrs={"enqueued_by": self.worker})
                 return True
         return False
 
@@ -433,13 +524,14 @@ class SweepRunner:
         self._skip_if_not_needed(trial, params)
         settings = {**self.sweep.constants, **params}
         trial.set_user_attr("settings", settings)
-        plan = plan_trial(settings, where=f"trial {trial.number}")
-
-        name = f"{self.study.study_name}-{trial.number}"
-        tracker = make_tracker(self.tracker_kind, project=self.sweep.project or "gradinstructor",
-                               directory=self.out, config={**settings, "trial": trial.number},
-                               name=name, group=self.study.study_name)
-        try:
+        tracker = None
+        try:  # anything that goes wrong from here on is recorded with the trial
+            plan = plan_trial(settings, where=f"trial {trial.number}")
+            tracker = make_tracker(self.tracker_kind,
+                                   project=self.sweep.project or "gradinstructor",
+                                   directory=self.out, config={**settings, "trial": trial.number},
+                                   name=f"{self.study.study_name}-{trial.number}",
+                                   group=self.study.study_name)
             if getattr(tracker, "run_dir", None) is not None:
                 trial.set_user_attr("wandb_dir", str(tracker.run_dir))
             result = run_trial(plan, self.out / "trials" / str(trial.number), tracker)
@@ -447,7 +539,8 @@ class SweepRunner:
             _record_error(trial, err)
             raise
         finally:
-            tracker.finish()
+            if tracker is not None:
+                tracker.finish()
         for key, value in {**result.metrics, **result.diagnostics, **result.info}.items():
             trial.set_user_attr(key, value)
         return result.metrics[self.sweep.metric]
@@ -497,10 +590,40 @@ def default_study_name(sweep: Sweep) -> str:
     return sweep.name or Path(sweep.source).stem
 
 
+def prepare_sweep(sweep: Sweep, trials: int | None = None, storage: str | None = None,
+                  study_name: str | None = None, out: str | os.PathLike | None = None,
+                  seeds: int | None = None, tracker: str = "wandb", progress_bar: bool = True,
+                  seed: int | None = None, max_failures: int = 3,
+                  threads: int | None = 1) -> SweepRunner:
+    """Open (create, resume or join) the sweep's study; the returned runner runs its trials.
+
+    The arguments are those of :func:`run_sweep`. Everything that can be checked
+    before a trial starts is checked here: the storage is reached (or the call
+    fails at once) and the study's direction matches the file's goal.
+
+    Returns:
+        A :class:`SweepRunner`; ``runner.run()`` returns the trials this worker completed,
+        ``runner.study`` is the study.
+    """
+    if seeds is not None:
+        sweep = sweep.with_constant("seeds", seeds)
+    study_name = study_name or default_study_name(sweep)
+    out = Path(out) if out is not None else Path("runs") / "sweeps" / study_name
+    n_trials = target_count(sweep, trials)
+    backend = open_storage(storage, out / STORAGE_FILE)
+    study = open_study(sweep, backend, study_name, n_trials, seed)
+    complete, running = count_trials(study)
+    logger.info("study %s: %d of %d trials complete, %d running", study_name, complete,
+                n_trials, running)
+    return SweepRunner(study, sweep, n_trials, out, tracker=tracker, progress_bar=progress_bar,
+                       max_failures=max_failures, seed=seed, threads=threads)
+
+
 def run_sweep(sweep: Sweep, trials: int | None = None, storage: str | None = None,
               study_name: str | None = None, out: str | os.PathLike | None = None,
               seeds: int | None = None, tracker: str = "wandb", progress_bar: bool = True,
-              seed: int | None = None, max_failures: int = 3) -> optuna.Study:
+              seed: int | None = None, max_failures: int = 3,
+              threads: int | None = 1) -> optuna.Study:
     """Run (or resume, or join) the sweep's study until it holds ``trials`` complete trials.
 
     Args:
@@ -516,6 +639,8 @@ def run_sweep(sweep: Sweep, trials: int | None = None, storage: str | None = Non
         seed: seeds the sampler (offset by the trials already in the study, so a
             resumed run draws new points); None draws from the OS.
         max_failures: stop after this many trials in a row failed.
+        threads: torch intra-op threads while trials run (default 1; None leaves
+            torch's setting; ``OMP_NUM_THREADS``, when set, wins).
 
     Returns:
         The Optuna study.
@@ -528,16 +653,8 @@ def run_sweep(sweep: Sweep, trials: int | None = None, storage: str | None = Non
     Example:
         >>> study = run_sweep(load_sweep("strength"), trials=6, tracker="none")  # doctest: +SKIP
     """
-    if seeds is not None:
-        sweep = sweep.with_constant("seeds", seeds)
-    study_name = study_name or default_study_name(sweep)
-    out = Path(out) if out is not None else Path("runs") / "sweeps" / study_name
-    n_trials = target_count(sweep, trials)
-    backend = open_storage(storage, out / STORAGE_FILE)
-    study = open_study(sweep, backend, study_name, n_trials, seed)
-    complete, running = count_trials(study)
-    logger.info("study %s: %d of %d trials complete, %d running elsewhere", study_name,
-                complete, n_trials, running)
-    SweepRunner(study, sweep, n_trials, out, tracker=tracker, progress_bar=progress_bar,
-                max_failures=max_failures, seed=seed).run()
-    return study
+    runner = prepare_sweep(sweep, trials=trials, storage=storage, study_name=study_name,
+                           out=out, seeds=seeds, tracker=tracker, progress_bar=progress_bar,
+                           seed=seed, max_failures=max_failures, threads=threads)
+    runner.run()
+    return runner.study

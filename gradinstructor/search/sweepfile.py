@@ -56,7 +56,7 @@ DISTRIBUTIONS = {
     "categorical": "categorical",
     "int_uniform": "int",
     "uniform": "float",
-    "q_uniform": "float",
+    "q_uniform": "float",  # "int" when min, max and q are integers, as W&B's own mapping
     "log_uniform_values": "float",
     "log_uniform": "float",  # W&B: min and max are natural logs of the bounds
 }
@@ -70,7 +70,7 @@ class Parameter:
     """One parameter of a sweep, in Optuna's terms.
 
     ``kind`` is "constant", "categorical", "int" or "float"; a float is
-    log-scaled when ``log`` and stepped by ``step`` when given.
+    log-scaled when ``log``; an int or a float is stepped by ``step`` when given.
     """
 
     name: str
@@ -90,7 +90,8 @@ class Parameter:
         if self.kind == "categorical":
             return trial.suggest_categorical(self.name, self.values)
         if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high))
+            return trial.suggest_int(self.name, int(self.low), int(self.high),
+                                     step=int(self.step or 1))
         return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
 
     def grid(self, where: str) -> list:
@@ -104,7 +105,7 @@ class Parameter:
         if self.kind == "categorical":
             return list(self.values)
         if self.kind == "int":
-            return list(range(int(self.low), int(self.high) + 1))
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         if self.step is not None and not self.log:
             count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
             return [round(self.low + i * self.step, 12) for i in range(count)]
@@ -255,7 +256,13 @@ def _parse_parameters(where: str, raw_params: Any, valid_parameters: list[str],
                 f"; a trial knows: {', '.join(valid_parameters)}")
         params[name] = _parse_parameter(where, name, spec)
         for value in params[name].candidates():
-            check_value(name, value, f"{where}: parameters.{name}")
+            try:
+                check_value(name, value, f"{where}: parameters.{name}")
+            except SettingsError as err:
+                if params[name].kind == "float" and "must be an integer" in str(err):
+                    raise SettingsError(f"{err}; for an integer setting give integer min and "
+                                        "max (int_uniform) or `values`") from None
+                raise
     return params
 
 
@@ -375,7 +382,10 @@ def _parse_range(here: str, name: str, distribution: str, spec: dict) -> Paramet
         return Parameter(name, "float", distribution, low=float(low), high=float(high), log=True)
     step = None
     if distribution == "q_uniform":
-        step = float(_number(here, name, "q", spec.get("q", 1.0)))
+        step = _number(here, name, "q", spec.get("q", 1))
         if step <= 0:
             raise SettingsError(f"{here}: q must be positive, but got {step!r}")
+        if all(isinstance(v, int) for v in (low, high, step)):  # integer values
+            return Parameter(name, "int", distribution, low=low, high=high, step=step)
+        step = float(step)
     return Parameter(name, "float", distribution, low=float(low), high=float(high), step=step)

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from gradinstructor.config import (
     SettingsError,
     from_dict,
     load_agent_config,
+    read_yaml,
     require,
     settings_path,
 )
@@ -119,15 +121,26 @@ def plan_trial(params: dict[str, Any], where: str = "trial") -> TrialPlan:
     Raises:
         SettingsError: an unknown parameter or a value out of range.
     """
-    unknown = [k for k in params if k not in valid_parameters()]
+    valid = valid_parameters()
+    unknown = [k for k in params if k not in valid]
     if unknown:
-        raise SettingsError(f"{where}: unknown parameter {unknown[0]!r}; a trial knows: "
-                            f"{', '.join(valid_parameters())}")
+        close = difflib.get_close_matches(str(unknown[0]), valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SettingsError(f"{where}: unknown parameter {unknown[0]!r}{hint}; a trial knows: "
+                            f"{', '.join(valid)}")
     trial_part = {k: v for k, v in params.items() if k in TRIAL_PARAMETERS}
     settings = from_dict(TrialSettings, trial_part, where)
-    settings_path("tasks", settings.task)
+    try:  # the task's settings are checked now; its data is loaded when the trial runs
+        from gradinstructor.tasks import TaskConfig
+
+        task_path = settings_path("tasks", settings.task)
+        from_dict(TaskConfig, read_yaml(task_path), str(task_path))
+        base = load_agent_config(settings.agent)
+    except SettingsError as err:
+        raise SettingsError(f"{where}: {err}") from None
+    # the sweep's agent settings override the agent file's; errors name the sweep's value
     agent_part = {k: v for k, v in params.items() if k in AGENT_PARAMETERS}
-    agent = load_agent_config(settings.agent, **agent_part)
+    agent = from_dict(AgentConfig, {**dataclasses.asdict(base), **agent_part}, where)
     enn = {ENN_PARAMETERS[k]: v for k, v in params.items() if k in ENN_PARAMETERS}
     try:
         ENNConfig(layer_shapes=[(4, 4)], **enn)

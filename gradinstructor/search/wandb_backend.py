@@ -65,7 +65,8 @@ def wandb_trial(sweep: Sweep, out: Path, group: str) -> None:
 
 
 def run_wandb_sweep(sweep: Sweep, trials: int | None = None, name: str | None = None,
-                    out: str | os.PathLike | None = None, seeds: int | None = None) -> str:
+                    out: str | os.PathLike | None = None, seeds: int | None = None,
+                    threads: int | None = 1) -> str:
     """Create a W&B sweep from ``sweep`` and run an agent on it in this process.
 
     Args:
@@ -74,6 +75,8 @@ def run_wandb_sweep(sweep: Sweep, trials: int | None = None, name: str | None = 
         name: the sweep's name (and the runs' group).
         out: folder for the wandb files and checkpoints (default: ``runs/sweeps/NAME``).
         seeds: downstream seeds per trial; overrides the file's ``seeds``.
+        threads: torch intra-op threads while trials run (see
+            :func:`~gradinstructor.search.study.torch_threads`).
 
     Returns:
         The W&B sweep id.
@@ -86,6 +89,7 @@ def run_wandb_sweep(sweep: Sweep, trials: int | None = None, name: str | None = 
     """
     import wandb
 
+    from gradinstructor.search.study import torch_threads
     from gradinstructor.tracking import _logged_in
 
     mode = os.environ.get("WANDB_MODE", "")
@@ -102,6 +106,8 @@ def run_wandb_sweep(sweep: Sweep, trials: int | None = None, name: str | None = 
     sweep_id = wandb.sweep(sweep=config, project=sweep.project or "gradinstructor",
                            entity=sweep.entity)
     logger.info("W&B sweep %s created", sweep_id)
-    wandb.agent(sweep_id, function=functools.partial(wandb_trial, sweep, out, config["name"]),
-                count=trials, project=sweep.project or "gradinstructor", entity=sweep.entity)
+    with torch_threads(threads):
+        wandb.agent(sweep_id, function=functools.partial(wandb_trial, sweep, out, config["name"]),
+                    count=trials, project=sweep.project or "gradinstructor",
+                    entity=sweep.entity)
     return sweep_id
