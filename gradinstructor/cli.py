@@ -6,8 +6,11 @@ Run ``gradinstructor COMMAND --help`` for each command's options.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from gradinstructor import __version__
@@ -43,9 +46,20 @@ def _strength(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"must be 'actor' or a non-negative number, but got {text!r}") from None
-    if not value >= 0:
+    if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(
             f"must be 'actor' or a non-negative number, but got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to {2**32 - 1}, but got {text!r}")
     return value
 
 
@@ -58,7 +72,7 @@ def _common(p: argparse.ArgumentParser, task: bool = True) -> None:
                        help="where torchvision data sets are stored (mnist, fashion-mnist)")
     p.add_argument("--out", type=Path, default=Path("runs/latest"),
                    help="run folder to write into (default: runs/latest)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     p.add_argument("--tracker", choices=["wandb", "none"], default="none",
                    help="where to log metrics; wandb runs offline unless logged in")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -70,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Grad-Instructor: train an Evaluation Neural Network (ENN) by RL and use "
                     "it as an extra term in the backpropagation of target networks.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--threads", type=_positive_int, default=1,
+                        help="torch intra-op threads (default: 1; the target networks are "
+                             "small, and more threads mostly add synchronisation overhead: "
+                             "see benchmarks/threads.py)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log messages (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -78,12 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train an ENN (the critic of a PPO/A2C agent) and a strength "
                                    "schedule (its actor); writes RUN/enn.pt.")
     _common(p)
-    p.add_argument("--agent", default="ppo",
+    # unset options are filled in by _resolve_train_enn: the saved run's with --resume
+    p.set_defaults(task=None, seed=None)
+    p.add_argument("--agent", default=None,
                    help="agent settings name (agents/NAME.yaml) or path (default: ppo)")
-    p.add_argument("--timesteps", type=_positive_int, default=2000,
+    p.add_argument("--timesteps", type=_positive_int, default=None,
                    help="segments to play, over all environments (default: 2000)")
-    p.add_argument("--enn-every", type=_positive_int, default=1,
+    p.add_argument("--enn-every", type=_positive_int, default=None,
                    help="recompute the ENN gradient every K minibatch steps (default: 1)")
+    p.add_argument("--save-every", type=_positive_int, default=1,
+                   help="save the agent's state to RUN/agent.pt every N rollouts (default: 1; "
+                        "it is also saved on Ctrl-C and at the end)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in RUN/agent.pt to its total of timesteps, "
+                        "with its settings (options given must match them)")
 
     p = sub.add_parser("compare", help="compare plain, L1, He, ENN and He+ENN over seeds",
                        description="Train target networks with each method over seeds; writes "
@@ -114,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "magnitude and at random, on the trained network and on its "
                         "initialisation, and report the accuracy each subnetwork keeps")
     p.add_argument("--draws", type=_positive_int, default=5,
-                   help="random masks per criterion in the --prune check (default: 5)")
+                   help="random masks per criterion in the --prune check, at least 2; up "
+                        "to 3 of them are also trained (default: 5)")
 
     p = sub.add_parser("zoo", help="train a zoo of target networks and rank them",
                        description="Train target networks with drawn seeds, init schemes and "
@@ -185,6 +212,51 @@ def _zoo(args, task, progress: bool) -> None:
     print(json.dumps(result))
 
 
+TRAIN_ENN_DEFAULTS = {"task": "mnist5k", "seed": 0, "agent": "ppo", "timesteps": 2000,
+                      "enn_every": 1}
+
+
+def _resolve_train_enn(args) -> None:
+    """Fill train-enn's unset options: with --resume the saved run's, else the defaults."""
+    saved: dict = {}
+    if args.resume:
+        from gradinstructor.pipeline import read_saved_settings
+
+        settings = read_saved_settings(args.out)
+        saved = {"task": settings.get("task_spec", settings["task"]),
+                 "seed": settings["seed"], "agent": settings.get("agent_spec"),
+                 "timesteps": settings["total_timesteps"], "enn_every": settings["enn_every"]}
+    for key, default in TRAIN_ENN_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, saved.get(key) if saved.get(key) is not None else default)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While inside, SIGTERM (a batch system stopping the job) raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("(SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_run_options(args) -> None:
+    """Checks before any work: --out is a folder; train-enn's options are complete."""
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {str(args.out)!r} is a file, not a run folder; "
+                         "pass a folder (it is created if missing)")
+    if args.command == "train-enn":
+        _resolve_train_enn(args)
+
+
 def _run(args) -> int:
     from gradinstructor import pipeline
     from gradinstructor.tracking import make_tracker
@@ -213,15 +285,19 @@ def _run(args) -> int:
 
     from gradinstructor.tasks import load_task
 
+    _check_run_options(args)
     task = load_task(args.task, data_dir=args.data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     tracker = make_tracker(args.tracker, directory=args.out, name=args.command,
                            config={k: str(v) for k, v in vars(args).items()})
     try:
         if args.command == "train-enn":
-            pipeline.stage_train_enn(task, args.out, agent=args.agent, timesteps=args.timesteps,
-                                     seed=args.seed, enn_every=args.enn_every, tracker=tracker,
-                                     progress_bar=progress)
+            with _sigterm_as_interrupt():  # a killed job saves its state like Ctrl-C
+                pipeline.stage_train_enn(task, args.out, agent=args.agent,
+                                         timesteps=args.timesteps, seed=args.seed,
+                                         enn_every=args.enn_every, tracker=tracker,
+                                         progress_bar=progress, save_every=args.save_every,
+                                         resume=args.resume, task_spec=args.task)
             print(f"ENN checkpoint: {args.out / 'enn.pt'}")
         elif args.command == "compare":
             from gradinstructor.compare import ENN_METHODS, format_table
@@ -261,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    import torch
+
+    torch.set_num_threads(args.threads)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
@@ -272,11 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (SettingsError, CheckpointError, DatasetUnavailableError, DivergenceError,
-            ValueError, FileNotFoundError) as err:
+            ValueError, OSError) as err:
         print(f"gradinstructor {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"gradinstructor {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # train-enn says where it saved the agent's state
+        detail = f" {err}" if str(err) else ""
+        print(f"gradinstructor {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

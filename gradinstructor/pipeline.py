@@ -4,6 +4,7 @@ Each stage reads and writes files in one run folder, so the CLI, tests and
 users' scripts drive the same code:
 
     RUN/enn.pt            the ENN checkpoint (with the actor's schedule)
+    RUN/agent.pt          the agent's last periodic save, for train-enn --resume
     RUN/train_enn.json    RL episodes and ENN metadata
     RUN/results.json      the comparison
     RUN/gradcam/          Grad-CAM over training: layer{i}.png, steps/*.png, gradcam.json
@@ -39,6 +40,10 @@ from gradinstructor.tracking import NullTracker, Tracker
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENN_EVERY = 1
+# The agent's state is written every this many rollouts: a write takes milliseconds,
+# a rollout seconds to minutes, so every rollout costs nothing noticeable.
+DEFAULT_SAVE_EVERY = 1
+AGENT_STATE = "agent.pt"
 
 
 def seed_everything(seed: int) -> None:
@@ -51,11 +56,18 @@ def seed_everything(seed: int) -> None:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write JSON atomically (temporary file, flushed to disk, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=1, default=_jsonable)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=_jsonable))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -88,25 +100,69 @@ def record_run_info(run_dir: Path, stage: str, settings: dict) -> None:
 def stage_train_enn(task: Task, run_dir: Path, agent: str = "ppo", timesteps: int = 2000,
                     seed: int = 0, enn_every: int = DEFAULT_ENN_EVERY,
                     tracker: Tracker | None = None, progress_bar: bool = True,
-                    agent_overrides: dict | None = None) -> ENN:
-    """Train an ENN by RL and write ``enn.pt`` and ``train_enn.json``."""
-    from gradinstructor.agent import train_enn
+                    agent_overrides: dict | None = None,
+                    save_every: int = DEFAULT_SAVE_EVERY, resume: bool = False,
+                    task_spec: str | None = None) -> ENN:
+    """Train an ENN by RL and write ``enn.pt`` and ``train_enn.json``.
+
+    The agent's state goes to ``RUN/agent.pt`` every ``save_every`` rollouts, on
+    Ctrl-C and at the end (atomically; tensors and plain data only). With
+    ``resume`` the run continues from it to the same total of ``timesteps``; the
+    settings must be the saved ones (:func:`read_saved_settings` gives them).
+
+    Raises:
+        FileNotFoundError: ``resume`` without ``RUN/agent.pt``.
+        SettingsError: ``resume`` with settings other than the saved ones.
+    """
+    from gradinstructor.agent import load_agent_state, train_enn
 
     agent_cfg = load_agent_config(agent, **(agent_overrides or {}))
+    state_path = run_dir / AGENT_STATE
+    resume_from = None
+    if resume:
+        if not state_path.is_file():
+            raise FileNotFoundError(f"nothing to resume: {state_path} does not exist; run "
+                                    "train-enn without --resume to start a new run")
+        resume_from = load_agent_state(state_path)
+    elif state_path.is_file():
+        logger.warning("%s holds an earlier run's agent state; it will be overwritten "
+                       "(use --resume to continue that run instead)", state_path)
     seed_everything(seed)
     result = train_enn(task, agent_cfg, total_timesteps=timesteps, seed=seed,
-                       enn_every=enn_every, tracker=tracker, progress_bar=progress_bar)
+                       enn_every=enn_every, tracker=tracker, progress_bar=progress_bar,
+                       save_path=state_path, save_every=save_every, resume_from=resume_from,
+                       settings_extra={"task_spec": task_spec or task.name,
+                                       "agent_spec": agent})
     result.enn.save(run_dir / "enn.pt")
     write_json(run_dir / "train_enn.json",
                {"metadata": result.enn.metadata, "episodes": result.episodes})
     record_run_info(run_dir, "train-enn", {"task": task.name, "agent":
                                            dataclasses.asdict(agent_cfg),
                                            "timesteps": timesteps, "seed": seed,
-                                           "enn_every": enn_every})
+                                           "enn_every": enn_every, "save_every": save_every,
+                                           "resumed_at": result.enn.metadata.get("resumed_at",
+                                                                                 [])})
     if tracker is not None:
         for episode in result.episodes[-1:]:
             tracker.log({"rl/final_val_acc": episode["val_acc"]})
     return result.enn
+
+
+def read_saved_settings(run_dir: Path) -> dict:
+    """The settings of the run saved in ``RUN/agent.pt`` (task spec, agent, timesteps, ...).
+
+    Raises:
+        FileNotFoundError: there is no ``RUN/agent.pt``.
+        CheckpointError: it is damaged or not an agent state.
+    """
+    from gradinstructor.agent import load_agent_state
+
+    path = run_dir / AGENT_STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist; run train-enn "
+                                "without --resume to start a new run")
+    state = load_agent_state(path)
+    return {**state["settings"], "num_timesteps": state["num_timesteps"]}
 
 
 def stage_compare(task: Task, run_dir: Path, enn: ENN | None, seeds: list[int],
@@ -165,13 +221,15 @@ def stage_explain(task: Task, run_dir: Path, enn: ENN, seed: int = 0,
         tracker: gets each layer's image at each snapshot, the ENN score and the
             prune table.
         prune: run the lottery-ticket check (:func:`gradinstructor.prune.prune_check`).
-        draws: random masks per criterion in the check (default 5).
+        draws: random masks per criterion in the check (default 5, at least 2); up
+            to 3 of them are also trained.
 
     Returns:
         The files written.
 
     Raises:
-        ValueError: unknown ``layer`` (raised before any training; lists the valid ones).
+        ValueError: unknown ``layer`` (lists the valid ones) or, with ``prune``, fewer
+            than 2 ``draws``; raised before any training.
     """
     from gradinstructor import prune as prune_mod
     from gradinstructor.agent import load_actor
@@ -185,6 +243,12 @@ def stage_explain(task: Task, run_dir: Path, enn: ENN, seed: int = 0,
 
     tracker = tracker or NullTracker()
     name = layer_name(enn, layer)  # fail before training on a bad layer name
+    draws = prune_mod.DEFAULT_DRAWS if draws is None else draws
+    if prune and (not isinstance(draws, int) or draws < 2):
+        raise ValueError(f"draws must be an integer of at least 2 (mean and std need two), "
+                         f"but got {draws!r}")
+    # as many draws trained as the default, but never more than there are
+    train_draws = min(prune_mod.DEFAULT_TRAIN_DRAWS, draws)
     start = time.perf_counter()
     init_model = task.build_model(seed=seed)
     model = task.build_model(seed=seed)
@@ -209,7 +273,7 @@ def stage_explain(task: Task, run_dir: Path, enn: ENN, seed: int = 0,
         return paths
 
     result = prune_mod.prune_check(task, enn, init_model, model, layer=name, seed=seed,
-                                   draws=draws or prune_mod.DEFAULT_DRAWS)
+                                   draws=draws, train_draws=train_draws)
     result["explain_seconds"] = time.perf_counter() - start
     paths.append(write_json(run_dir / "prune.json", result))
     (run_dir / "plots").mkdir(exist_ok=True)
