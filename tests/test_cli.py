@@ -16,7 +16,7 @@ from gradinstructor.cli import main
 from gradinstructor.compare import METHODS
 from gradinstructor.enn import ENN
 
-COMMANDS = ["train-enn", "compare", "explain", "report", "demo"]
+COMMANDS = ["train-enn", "compare", "explain", "zoo", "report", "demo", "sweep"]
 
 
 def _run_module(*args: str, cwd: Path | None = None, timeout: float = 120):
@@ -172,3 +172,29 @@ def test_quick_demo_with_offline_wandb_writes_every_artefact(quick_demo_run, rec
 
     assert main(["report", str(tmp_path)]) == 0  # the report stage alone rewrites the page
     assert capsys.readouterr().out.strip() == str(tmp_path / "report.html")
+
+
+def test_a_wheel_install_finds_the_shipped_settings(tmp_path):
+    """Without ``-e``, tasks/, agents/ and sweeps/ must come inside the wheel."""
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = tmp_path.glob("gradinstructor-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    for kind in ("tasks", "agents", "sweeps"):
+        shipped = {p.name for p in (root / kind).glob("*.yaml")}
+        inside = {p.name for p in (tmp_path / "site" / "gradinstructor" / "_settings" / kind)
+                  .glob("*.yaml")}
+        assert shipped and inside == shipped, kind
+    probe = ("import gradinstructor.config as c; print(c.known_names('tasks')); "
+             "print(c.settings_path('agents', 'ppo'))")
+    found = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert "mnist5k" in found.stdout
+    assert str(tmp_path / "site" / "gradinstructor" / "_settings" / "agents") in found.stdout
