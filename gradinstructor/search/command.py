@@ -11,21 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
+from gradinstructor.cli import _positive_int  # the CLI builds this parser; one parser of N >= 1
+
 logger = logging.getLogger(__name__)
 
 USAGE = """gradinstructor sweep FILE [--storage URL] [--trials N] [--study NAME]
                            [--backend optuna|wandb] [--seeds K] [options]
        gradinstructor sweep analyze [FILE] [--study NAME] [--storage URL] [--model ridge|gbr]"""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, but got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, but got {text!r}")
-    return value
 
 
 def add_sweep_parser(sub) -> argparse.ArgumentParser:
