@@ -56,7 +56,8 @@ def markdown(all_results: dict) -> str:
     lines = ["# Paper protocols", ""]
     for name, res in all_results.items():
         lines += [f"## {name}: {res['task']} ({res['seeds_count']} seeds, RL "
-                  f"{res['rl']['timesteps']} segments in {res['rl']['seconds']:.0f} s)", "",
+                  f"{res['rl']['timesteps']} segments of agent {res['rl']['agent']} in "
+                  f"{res['rl']['seconds']:.0f} s)", "",
                   "| method | test acc % (mean +- std) | 95% CI +- | train-test gap | s/run |",
                   "|---|---|---|---|---|"]
         for method, entry in res["methods"].items():
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     all_results = {n: run_protocol(n, args.seeds, args.timesteps, args.quick, args.agent)
                    for n in names}
-    stem = "paper_protocols_quick" if args.quick else "paper_protocols"
+    stem = "paper_protocols" + ("" if args.agent == "ppo" else f"_{Path(args.agent).stem}")
+    stem += "_quick" if args.quick else ""
     write_json(args.out / f"{stem}.json", all_results)
     (args.out / f"{stem}.md").write_text(markdown(all_results))
     print(markdown(all_results))
