@@ -5,7 +5,9 @@ torch thread, it times:
 
 * a plain step (forward, cross-entropy, backward, SGD), and
 * an augmented step: the same with ``GradInstructor(..., every=k)`` wrapping the
-  loss, for the default k (``DEFAULT_ENN_EVERY``) and for each k of ``--ks``,
+  loss (``gi(loss)``), for the default k (``DEFAULT_ENN_EVERY``) and for each k of
+  ``--ks``, and with the gradient form (``gi.add_gradient()`` after backward) at
+  the default k,
 
 interleaved in rounds (plain, then each k, over the same minibatches), so that
 a change of machine load hits all of them alike; each figure is the median over
@@ -61,7 +63,8 @@ def time_steps(task: Task, enn: ENN, ks: list[int], strength: float, rounds: int
     batches = [b for b in batches if len(b) == cfg.batch_size][:steps]
     batches = (batches * (steps // max(1, len(batches)) + 1))[:steps]
 
-    def run(k: int | None) -> float:
+    def run(variant) -> float:
+        k, form = (variant, "loss") if not isinstance(variant, tuple) else variant
         model = task.build_model(seed=0)
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
         gi = (GradInstructor(model, enn, strength=strength, total_steps=task.total_steps,
@@ -69,14 +72,18 @@ def time_steps(task: Task, enn: ENN, ks: list[int], strength: float, rounds: int
         start = time.perf_counter()
         for idx in batches:
             loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-            if gi is not None:
+            if gi is not None and form == "loss":
                 loss = gi(loss)
             optimizer.zero_grad()
             loss.backward()
+            if gi is not None and form == "grad":
+                gi.add_gradient()
             optimizer.step()
         return (time.perf_counter() - start) / len(batches) * 1e6
 
-    variants = [None, *ks]
+    # the loss form gi(loss) for every k; the gradient form gi.add_gradient() at the
+    # default k (``every`` is the last of ks' caller's list: see main)
+    variants = [None, *ks, (ks[-1], "grad")]
     for k in variants:  # warm-up
         run(k)
     times: dict = {k: [] for k in variants}
@@ -126,12 +133,15 @@ def main(argv: list[str] | None = None) -> int:
 
         task = Task(config=dataclasses.replace(task.config, epochs=args.epochs), data=task.data)
     enn = _enn(task, args.enn)
-    ks = sorted({int(k) for k in args.ks.split(",") if k} | {args.every})
+    ks = sorted({int(k) for k in args.ks.split(",") if k} - {args.every}) + [args.every]
     times = time_steps(task, enn, ks, args.strength, args.rounds, args.steps)
     plain = times[None]
+    grad_form = times[(args.every, "grad")]
     for k in ks:
         print(f"every={k:>3}: {times[k]:8.1f} us/step, {times[k] / plain:.3f} x plain "
-              f"({plain:.1f} us)", flush=True)
+              f"({plain:.1f} us), gi(loss)", flush=True)
+    print(f"every={args.every:>3}: {grad_form:8.1f} us/step, {grad_form / plain:.3f} x plain, "
+          "gi.add_gradient()", flush=True)
     accs = accuracies(task, enn, args.every, args.strength, args.seeds)
     summary = {name: {"mean": statistics.mean(v),
                       "std": statistics.stdev(v) if len(v) > 1 else 0.0, "runs": v}
@@ -146,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         "strength": args.strength, "enn": args.enn or "untrained (seed 0)",
         "plain_us": round(plain, 1), "augmented_us": round(times[args.every], 1),
         "ratio": round(times[args.every] / plain, 4),
-        "ratio_by_k": {str(k): round(times[k] / plain, 4) for k in ks},
-        "us_by_k": {str(k): round(times[k], 1) for k in ks},
+        "ratio_by_k": {str(k): round(times[k] / plain, 4) for k in sorted(ks)},
+        "gradient_form_us": round(grad_form, 1),
+        "gradient_form_ratio": round(grad_form / plain, 4),
+        "us_by_k": {str(k): round(times[k], 1) for k in sorted(ks)},
         "seeds": args.seeds,
         "acc_plain": round(summary["plain"]["mean"], 4),
         "acc_every_1": round(summary["every_1"]["mean"], 4),

@@ -14,10 +14,13 @@ and one of the other so that machine load hits both alike. A transition trains
 each network for one segment (a tenth of its epoch budget) with the ENN term
 (gradient every ``--enn-every`` steps), renders its observation and, at the end
 of an episode, validates it. Throughput is network-segments per second; the ratio
-is population / dummy. It also checks that both ended with the same weights
-(largest absolute difference) and the same rewards: the same per-network results.
+is population / dummy. It also reports how far apart the two end: the largest
+weight difference (float32 rounding of the batched products; over a whole episode
+with the ENN term, ReLU units that sit at 0 within rounding can flip and amplify it,
+so it is reported, not required to be 0) and the largest reward difference (the
+final validation accuracies: the per-network results).
 
-    python benchmarks/env_throughput.py           # N = 16, about 1.5 minutes
+    python benchmarks/env_throughput.py           # N = 16, about 1 minute
 
 The last line printed is JSON with ``digits_ratio``, ``mnist5k_ratio`` and the
 steps per second behind them.
@@ -43,6 +46,16 @@ from gradinstructor.render import layer_shapes
 from gradinstructor.tasks import load_task
 
 
+def _weight_difference(dummy, population) -> float:
+    """Largest absolute difference between the two kinds' weights, over all networks."""
+    diff = 0.0
+    for i, env in enumerate(dummy.envs):
+        mine = population.get_state(i)["model"]
+        for key, value in env.model.state_dict().items():
+            diff = max(diff, float((mine[key] - value).abs().max()))
+    return diff
+
+
 def measure(task_name: str, n_envs: int, segments: int, enn_every: int, seed: int) -> dict:
     task = load_task(task_name)
     agent = load_agent_config("ppo", n_envs=n_envs)
@@ -58,6 +71,7 @@ def measure(task_name: str, n_envs: int, segments: int, enn_every: int, seed: in
         vec.env_method("set_enn_state", enn_state)
         vec.reset()
     rng = np.random.default_rng(seed)
+    max_diff = 0.0  # over all transitions (after an episode's end both hold fresh networks)
     for _ in range(segments):
         actions = rng.uniform(-1, 1, size=(n_envs, 1)).astype(np.float32)
         for kind, vec in envs.items():
@@ -65,12 +79,7 @@ def measure(task_name: str, n_envs: int, segments: int, enn_every: int, seed: in
             _, reward, _, _ = vec.step(actions)
             seconds[kind] += time.perf_counter() - start
             rewards[kind].append(reward.tolist())
-    dummy, population = envs["dummy"], envs["population"]
-    max_diff = 0.0
-    for i in range(n_envs):
-        theirs = dummy.envs[i].model.state_dict()
-        mine = population.get_state(i)["model"]
-        max_diff = max(max_diff, *(float((mine[k] - v).abs().max()) for k, v in theirs.items()))
+        max_diff = max(max_diff, _weight_difference(envs["dummy"], envs["population"]))
     reward_diff = float(np.abs(np.array(rewards["dummy"]) - np.array(rewards["population"])).max())
     rate = {kind: n_envs * segments / s for kind, s in seconds.items()}
     return {"dummy_steps_per_s": round(rate["dummy"], 2),
@@ -86,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-envs", type=int, default=16)
     parser.add_argument("--segments", type=int, default=10,
                         help="transitions timed per task (default: 10, one whole episode)")
-    parser.add_argument("--mnist5k-segments", type=int, default=3,
-                        help="transitions timed on mnist5k (default: 3, to fit 2 minutes)")
+    parser.add_argument("--mnist5k-segments", type=int, default=10,
+                        help="transitions timed on mnist5k (default: 10, one whole episode)")
     parser.add_argument("--enn-every", type=int, default=DEFAULT_ENN_EVERY)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

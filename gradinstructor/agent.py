@@ -41,7 +41,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from torch import nn
 
 from gradinstructor import __version__
@@ -52,6 +52,7 @@ from gradinstructor.render import CHANNELS, layer_shapes, render_weights
 from gradinstructor.tasks import Task
 from gradinstructor.tracking import NullTracker, Tracker
 from gradinstructor.trainer import DivergenceError
+from gradinstructor.vec_env import PopulationVecEnv
 
 logger = logging.getLogger(__name__)
 
@@ -182,9 +183,10 @@ class ScheduleActor(nn.Module):
     @torch.no_grad()
     def choose(self, model: nn.Module, progress: float) -> float:
         """The strength the actor picks for ``model`` at ``progress``."""
-        obs = {f"layer{i}": img.reshape(1, -1)
+        device = next(self.parameters()).device  # the target network may be elsewhere
+        obs = {f"layer{i}": img.reshape(1, -1).to(device)
                for i, img in enumerate(render_weights(model, self.ratio))}
-        obs["progress"] = torch.tensor([[progress]], dtype=torch.float32)
+        obs["progress"] = torch.tensor([[progress]], dtype=torch.float32, device=device)
         action = self.net(layer_statistics(obs, self.n_layers))
         return strength_from_action(action.cpu().numpy(), self.max_strength)
 
@@ -309,8 +311,23 @@ class TrainENNResult:
 
 
 def make_vec_env(task: Task, agent: AgentConfig, seed: int, enn_config: ENNConfig,
-                 enn_every: int) -> DummyVecEnv:
-    """``agent.n_envs`` target-training environments, seeded seed, seed+1, ..."""
+                 enn_every: int, vectorised: bool = True) -> VecEnv:
+    """``agent.n_envs`` target-training environments, seeded seed, seed+1, ...
+
+    By default one :class:`~gradinstructor.vec_env.PopulationVecEnv` that trains the
+    ``n_envs`` target networks in lockstep with batched products; with
+    ``vectorised=False`` (or a task it cannot train: Adam, a CNN, a GPU) a ``DummyVecEnv`` of
+    single-network :class:`TargetTrainingEnv`. Both play the same episodes for the
+    same seed (up to float rounding; ``tests/test_vec_env.py``).
+    """
+    # the population trains MLPs on the CPU; a CNN task, or one on a GPU, plays in single envs
+    if (vectorised and task.config.optimizer == "sgd" and task.config.arch == "mlp"
+            and task.device.type == "cpu"):
+        vec = PopulationVecEnv(task, agent.n_envs, seed=seed, max_strength=agent.max_strength,
+                               enn_config=enn_config, enn_every=enn_every)
+        vec.seed(seed)
+        return vec
+
     def factory(rank: int):
         def make():
             env = TargetTrainingEnv(task, max_strength=agent.max_strength,
@@ -325,14 +342,18 @@ def make_vec_env(task: Task, agent: AgentConfig, seed: int, enn_config: ENNConfi
 
 
 def build_algorithm(task: Task, agent: AgentConfig, seed: int, enn_config: ENNConfig,
-                    enn_every: int = 1, tracker: Tracker | None = None):
-    """The SB3 algorithm (PPO or A2C) with the ENN as its critic."""
-    env = make_vec_env(task, agent, seed, enn_config, enn_every)
+                    enn_every: int = 1, tracker: Tracker | None = None,
+                    vectorised: bool = True):
+    """The SB3 algorithm (PPO or A2C) with the ENN as its critic.
+
+    ``vectorised`` chooses the environments (see :func:`make_vec_env`).
+    """
+    env = make_vec_env(task, agent, seed, enn_config, enn_every, vectorised=vectorised)
     policy_kwargs = dict(enn_config=dataclasses.asdict(enn_config))
     common = dict(policy_kwargs=policy_kwargs, learning_rate=agent.learning_rate,
                   n_steps=agent.n_steps, gamma=agent.gamma, gae_lambda=agent.gae_lambda,
                   ent_coef=agent.ent_coef, vf_coef=agent.vf_coef, seed=seed, verbose=0,
-                  device="cpu")
+                  device=task.device)  # the task's device (cli --device): the agent goes there
     if agent.algorithm == "ppo":
         algo = PPO(ENNActorCriticPolicy, env, batch_size=agent.batch_size,
                    n_epochs=agent.n_epochs, **common)
@@ -388,7 +409,7 @@ def agent_state(algo, settings: dict, episodes: list[dict], seconds: float) -> d
         "num_timesteps": int(algo.num_timesteps), "n_updates": int(algo._n_updates),
         "policy": {k: v.detach().clone() for k, v in algo.policy.state_dict().items()},
         "optimizer": copy.deepcopy(algo.policy.optimizer.state_dict()),
-        "envs": [env.unwrapped.get_state() for env in algo.env.envs],
+        "envs": algo.env.env_method("get_state"),
         "last_obs": {k: torch.from_numpy(np.array(v)) for k, v in algo._last_obs.items()},
         "last_episode_starts": torch.from_numpy(np.array(algo._last_episode_starts)),
         "rng": _rng_state(),
@@ -406,8 +427,11 @@ def restore_agent_state(algo, state: dict) -> None:
     algo.policy.optimizer.load_state_dict(state["optimizer"])
     algo.num_timesteps = state["num_timesteps"]
     algo._n_updates = state["n_updates"]
-    for env, env_state in zip(algo.env.envs, state["envs"], strict=True):
-        env.unwrapped.set_state(env_state)
+    if len(state["envs"]) != algo.env.num_envs:
+        raise ValueError(f"the saved state holds {len(state['envs'])} environments, but the "
+                         f"agent has {algo.env.num_envs}")
+    for index, env_state in enumerate(state["envs"]):
+        algo.env.env_method("set_state", env_state, indices=[index])
     algo._last_obs = {k: v.numpy() for k, v in state["last_obs"].items()}
     algo._last_episode_starts = state["last_episode_starts"].numpy()
     _set_rng_state(state["rng"])

@@ -1,4 +1,5 @@
-"""Command line: ``gradinstructor train-enn | compare | explain | zoo | report | demo | sweep``.
+"""Command line: ``gradinstructor train-enn | compare | explain | zoo | info | report | demo |
+sweep``.
 
 Run ``gradinstructor COMMAND --help`` for each command's options.
 """
@@ -63,6 +64,23 @@ def _seed(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    """--device: auto, cpu or cuda[:N]; refused at once if this machine cannot use it."""
+    from gradinstructor.device import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=_device, default="auto",
+                   help="where the target networks, the ENN and the agent run: auto (CUDA "
+                        "when available, else the CPU; default), cpu or cuda")
+
+
 def _common(p: argparse.ArgumentParser, task: bool = True) -> None:
     if task:
         p.add_argument("--task", default="mnist5k",
@@ -103,13 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=_positive_int, default=None,
                    help="segments to play, over all environments (default: 2000)")
     p.add_argument("--enn-every", type=_positive_int, default=None,
-                   help="recompute the ENN gradient every K minibatch steps (default: 1)")
+                   help="recompute the ENN gradient every K minibatch steps (default: 50)")
     p.add_argument("--save-every", type=_positive_int, default=1,
                    help="save the agent's state to RUN/agent.pt every N rollouts (default: 1; "
                         "it is also saved on Ctrl-C and at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in RUN/agent.pt to its total of timesteps, "
                         "with its settings (options given must match them)")
+    _device_option(p)
 
     p = sub.add_parser("compare", help="compare plain, L1, He, ENN and He+ENN over seeds",
                        description="Train target networks with each method over seeds; writes "
@@ -122,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--strength", type=_strength, default="actor",
                    help="ENN strength: 'actor' (the trained schedule) or a number")
-    p.add_argument("--enn-every", type=_positive_int, default=1,
-                   help="recompute the ENN gradient every K minibatch steps (default: 1)")
+    p.add_argument("--enn-every", type=_positive_int, default=50,
+                   help="recompute the ENN gradient every K minibatch steps (default: 50)")
+    _device_option(p)
 
     p = sub.add_parser("explain", help="Grad-CAM of the ENN on a target network",
                        description="Train a target network with the ENN term and save Grad-CAM "
@@ -157,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ENN checkpoint to rank with (default: RUN/enn.pt if it exists)")
     p.add_argument("--reuse", action="store_true",
                    help="rank the zoo already in RUN/zoo.pt instead of training a new one")
+
+    p = sub.add_parser("info", help="what an ENN checkpoint was trained on",
+                       description="Print an ENN checkpoint's task, layer shapes, ratio, "
+                                   "version, training steps and diagnostics.")
+    p.add_argument("checkpoint", type=Path, help="ENN checkpoint (e.g. runs/latest/enn.pt)")
 
     p = sub.add_parser("report", help="write the HTML dashboard of a run folder")
     p.add_argument("run", type=Path, help="run folder")
@@ -213,7 +238,7 @@ def _zoo(args, task, progress: bool) -> None:
 
 
 TRAIN_ENN_DEFAULTS = {"task": "mnist5k", "seed": 0, "agent": "ppo", "timesteps": 2000,
-                      "enn_every": 1}
+                      "enn_every": 50}
 
 
 def _resolve_train_enn(args) -> None:
@@ -257,6 +282,13 @@ def _check_run_options(args) -> None:
         _resolve_train_enn(args)
 
 
+def _info(args) -> int:
+    from gradinstructor.info import describe_checkpoint
+
+    print(describe_checkpoint(args.checkpoint))
+    return 0
+
+
 def _run(args) -> int:
     from gradinstructor import pipeline
     from gradinstructor.tracking import make_tracker
@@ -286,7 +318,8 @@ def _run(args) -> int:
     from gradinstructor.tasks import load_task
 
     _check_run_options(args)
-    task = load_task(args.task, data_dir=args.data_dir)
+    task = load_task(args.task, data_dir=args.data_dir,
+                     device=getattr(args, "device", "cpu"))  # train-enn, compare: --device
     args.out.mkdir(parents=True, exist_ok=True)
     tracker = make_tracker(args.tracker, directory=args.out, name=args.command,
                            config={k: str(v) for k, v in vars(args).items()})
@@ -349,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     from gradinstructor.trainer import DivergenceError
 
     try:
-        return _run(args)
+        return _info(args) if args.command == "info" else _run(args)
     except (SettingsError, CheckpointError, DatasetUnavailableError, DivergenceError,
             ValueError, OSError) as err:
         print(f"gradinstructor {args.command}: error: {err}", file=sys.stderr)

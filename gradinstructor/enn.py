@@ -42,7 +42,9 @@ from gradinstructor.render import (
     render_weights,
 )
 
-FORMAT_VERSION = 1
+# 2: the config may say the ENN reads any width (``any_width``, ``layer_kinds``); an ENN
+# without them is still written as version 1, which older versions read.
+FORMAT_VERSION = 2
 layer_shapes_of = layer_shapes
 
 
@@ -64,6 +66,12 @@ class ENNConfig:
     embed: int = 8
     # Hidden units of the head.
     hidden: int = 64
+    # Trained on several widths of the same depth: reads any network with as many weight
+    # matrices (of the same kinds, if recorded); every per-layer feature is pooled over
+    # its image, so the head does not depend on the image sizes.
+    any_width: bool = False
+    # "linear" or "conv" per weight matrix, when recorded (see :func:`config_for_models`).
+    layer_kinds: list | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.layer_shapes, (str, bytes)) or not isinstance(
@@ -78,10 +86,49 @@ class ENNConfig:
                 raise ValueError(f"ENN {key} must be at least 1, but got {value!r}")
         if not self.layer_shapes:
             raise ValueError("ENN layer_shapes must name at least one weight matrix")
+        if not isinstance(self.any_width, bool):
+            raise ValueError(f"ENN any_width must be true or false, but got {self.any_width!r}")
+        if self.layer_kinds is not None:
+            self.layer_kinds = list(self.layer_kinds)
+            if (len(self.layer_kinds) != len(self.layer_shapes)
+                    or not set(self.layer_kinds) <= {"linear", "conv"}):
+                raise ValueError("ENN layer_kinds must give 'linear' or 'conv' for each of the "
+                                 f"{len(self.layer_shapes)} layers, but got {self.layer_kinds!r}")
 
     @property
     def image_shapes(self) -> list[tuple[int, int]]:
         return [image_shape(r, c, self.ratio) for r, c in self.layer_shapes]
+
+
+def layer_kinds(model: nn.Module) -> list[str]:
+    """"conv" or "linear" for each weight matrix the ENN reads, in order."""
+    return ["conv" if isinstance(m, nn.modules.conv._ConvNd) else "linear"
+            for m in model.modules()
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+            and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2]
+
+
+def config_for_models(models: list[nn.Module], **kwargs: Any) -> ENNConfig:
+    """An ENN config for networks of one depth and layer kinds, of one or several widths.
+
+    With several widths among ``models`` the config has ``any_width=True``: the ENN
+    then scores a network of any width of that depth (the layer shapes of the first
+    model are kept as the reference).
+
+    Raises:
+        ValueError: no models, or models of different depths or layer kinds.
+    """
+    if not models:
+        raise ValueError("config_for_models needs at least one model")
+    shapes = [layer_shapes(m) for m in models]
+    kinds = [layer_kinds(m) for m in models]
+    for model_shapes, model_kinds in zip(shapes[1:], kinds[1:]):
+        if model_kinds != kinds[0]:
+            raise ValueError(
+                f"one ENN reads networks of one depth and layer kinds, but got layers "
+                f"{kinds[0]} {shapes[0]} and {model_kinds} {model_shapes}")
+    return ENNConfig(layer_shapes=shapes[0], any_width=any(s != shapes[0] for s in shapes),
+                     layer_kinds=kinds[0], **kwargs)
 
 
 def _safe_sqrt(value: torch.Tensor) -> torch.Tensor:
@@ -275,6 +322,8 @@ class ENN(nn.Module):
                 what = img.dtype if isinstance(img, torch.Tensor) else type(img).__name__
                 raise TypeError(f"layer image {i} must be a floating-point tensor {expected}, "
                                 f"but got {what}")
+            if self.config.any_width and img.dim() == 4:
+                shape = tuple(img.shape[-2:])  # any image size: features are pooled per layer
             if img.dim() != 4 or img.shape[1] != CHANNELS or tuple(img.shape[-2:]) != shape:
                 raise ValueError(
                     f"layer image {i} must have shape {expected}, "
@@ -297,9 +346,22 @@ class ENN(nn.Module):
         images = [img.to(param.dtype) for img in images]  # no-op when the dtypes agree
         return images, progress.to(param.device, param.dtype)
 
-    def _layout(self, like: torch.Tensor) -> CanvasLayout:
-        """The canvas layout, its tensors on the device and dtype of ``like``."""
+    def _layout(self, like: torch.Tensor,
+                shapes: list[tuple[int, int]] | None = None) -> CanvasLayout:
+        """The canvas layout, its tensors on the device and dtype of ``like``.
+
+        ``shapes`` (the image sizes) other than the config's are for an ``any_width`` ENN;
+        their layouts are cached.
+        """
         layout = self._canvas
+        if shapes is not None and shapes != layout.shapes:
+            cache = self.__dict__.setdefault("_other_canvases", {})
+            key = tuple(shapes)
+            if key not in cache:
+                if len(cache) >= 64:
+                    cache.clear()
+                cache[key] = CanvasLayout(list(shapes))
+            layout = cache[key]
         if layout.mask.device != like.device or layout.mask.dtype != like.dtype:
             layout.to(like.device, like.dtype)
         return layout
@@ -319,7 +381,7 @@ class ENN(nn.Module):
             (B, n_layers, width + N_STATS + embed): pooled trunk output, per-layer
             statistics and layer embedding, in the order of :meth:`layer_features`.
         """
-        layout = self._layout(images[0])
+        layout = self._layout(images[0], [tuple(img.shape[-2:]) for img in images])
         batch = images[0].shape[0]
         canvas = layout.pack(images)  # (B, C, Hc, Wc)
         trunk = self.trunk(canvas, layout.mask).flatten(2)  # (B, width, P)
@@ -369,6 +431,15 @@ class ENN(nn.Module):
                 f"but {type(model).__name__} has {len(shapes)}: {shapes}; "
                 "train an ENN on this architecture (gradinstructor train-enn)"
             )
+        kinds = self.config.layer_kinds
+        if kinds is not None and layer_kinds(model) != kinds:
+            raise CheckpointError(
+                f"the ENN was trained on layers {kinds} {self.config.layer_shapes}, but "
+                f"{type(model).__name__} has layers {layer_kinds(model)} {shapes}; "
+                "train an ENN on this architecture"
+            )
+        if self.config.any_width:
+            return  # same depth and kinds: any width
         if [tuple(s) for s in shapes] != self.config.layer_shapes:
             raise CheckpointError(
                 f"the ENN was trained on layer shapes {self.config.layer_shapes}, but "
@@ -388,11 +459,12 @@ class ENN(nn.Module):
         self.metadata.update(metadata)
         if actor is not None:
             self.actor_payload = actor
+        plain = not self.config.any_width and self.config.layer_kinds is None
         payload = {
             "format": "gradinstructor-enn",
-            "format_version": FORMAT_VERSION,
+            "format_version": 1 if plain else FORMAT_VERSION,
             "version": __version__,
-            "config": dataclasses.asdict(self.config),
+            "config": _config_dict(self.config, plain),
             "state_dict": self.state_dict(),
             "metadata": self.metadata,
             "actor": self.actor_payload,
@@ -412,6 +484,9 @@ class ENN(nn.Module):
         try:
             config = dict(payload["config"])
             config["layer_shapes"] = [tuple(s) for s in config["layer_shapes"]]
+            if payload["format_version"] < 2:  # version 1 knew no width-free ENNs
+                config.pop("any_width", None)
+                config.pop("layer_kinds", None)
             enn = cls(ENNConfig(**config))
             enn.load_state_dict(payload["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -420,6 +495,15 @@ class ENN(nn.Module):
         enn.metadata = dict(payload.get("metadata") or {})
         enn.actor_payload = payload.get("actor")
         return enn
+
+
+def _config_dict(config: ENNConfig, plain: bool) -> dict:
+    """The config as plain data; without the version-2 fields in a version-1 checkpoint."""
+    out = dataclasses.asdict(config)
+    if plain:
+        out.pop("any_width")
+        out.pop("layer_kinds")
+    return out
 
 
 def atomic_torch_save(payload: Any, path: str | os.PathLike) -> Path:

@@ -55,6 +55,32 @@ def strength_from_action(action: Any, max_strength: float) -> float:
     return (a + 1.0) / 2.0 * max_strength
 
 
+def draw_episode(rng: np.random.Generator, task: Task, inits: tuple[str, ...],
+                 scale_range: tuple[float, float], lr_range: tuple[float, float]
+                 ) -> tuple[torch.nn.Module, int, str, float, float]:
+    """Draw an episode's target network from ``rng``: (model, net_seed, init, scale, lr).
+
+    The one place where an episode is drawn, shared by :class:`TargetTrainingEnv`
+    and the population :class:`~gradinstructor.vec_env.PopulationVecEnv`, so that the
+    same generator state gives the same network, minibatch order and learning rate.
+    """
+    net_seed = int(rng.integers(2**31 - 1))
+    init = inits[int(rng.integers(len(inits)))]
+    model = task.build_model(seed=net_seed, init=init)
+    scale = float(rng.uniform(*scale_range))
+    with torch.no_grad():
+        for w in weight_matrices(model):
+            w.mul_(scale)
+    lo, hi = np.log(lr_range[0]), np.log(lr_range[1])
+    lr = task.config.lr * float(np.exp(rng.uniform(lo, hi)))
+    return model, net_seed, init, scale, lr
+
+
+def segment_steps(total_steps: int, segments: int, segment: int) -> int:
+    """Minibatch steps in segment ``segment`` of ``segments`` (the remainder goes last)."""
+    return total_steps // segments + (1 if segment >= segments - total_steps % segments else 0)
+
+
 class TargetTrainingEnv(gym.Env):
     """Trains one target network per episode; the agent sets the ENN strength per segment.
 
@@ -107,16 +133,8 @@ class TargetTrainingEnv(gym.Env):
     # -- gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        rng = self.np_random
-        net_seed = int(rng.integers(2**31 - 1))
-        init = self.inits[int(rng.integers(len(self.inits)))]
-        self.model = self.task.build_model(seed=net_seed, init=init)
-        scale = float(rng.uniform(*self.scale_range))
-        with torch.no_grad():
-            for w in weight_matrices(self.model):
-                w.mul_(scale)
-        lo, hi = np.log(self.lr_range[0]), np.log(self.lr_range[1])
-        self.lr = self.task.config.lr * float(np.exp(rng.uniform(lo, hi)))
+        self.model, net_seed, init, scale, self.lr = draw_episode(
+            self.np_random, self.task, self.inits, self.scale_range, self.lr_range)
         self.optimizer = self.task.make_optimizer(self.model, self.lr)
         cfg = self.task.config
         self.batches = batch_order(len(self.task.data.train_y), cfg.batch_size, cfg.epochs,
@@ -155,8 +173,7 @@ class TargetTrainingEnv(gym.Env):
 
     def _segment_steps(self) -> int:
         """Minibatch steps in the current segment (the remainder goes to the last ones)."""
-        total, n = self.task.total_steps, self.segments
-        return total // n + (1 if self.segment >= n - total % n else 0)
+        return segment_steps(self.task.total_steps, self.segments, self.segment)
 
     def _train_segment(self) -> bool:
         """Train for one segment; False if the loss or weights became non-finite."""
@@ -229,7 +246,7 @@ class TargetTrainingEnv(gym.Env):
     def _observation(self) -> dict[str, np.ndarray]:
         with torch.no_grad():
             images = render_weights(self.model, self.enn.config.ratio)
-        obs = {f"layer{i}": img.reshape(-1).numpy().astype(np.float32)
+        obs = {f"layer{i}": img.reshape(-1).cpu().numpy().astype(np.float32)
                for i, img in enumerate(images)}
         # a diverged network would leave the space: clip (and zero NaNs) to keep it valid
         obs = {k: np.clip(np.nan_to_num(v, nan=0.0), -OBS_BOUND, OBS_BOUND)

@@ -39,7 +39,9 @@ from gradinstructor.tracking import NullTracker, Tracker
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ENN_EVERY = 1
+# Recompute the ENN gradient every this many minibatch steps and reuse it in between:
+# the measured best trade-off of cost and effect (benchmarks/enn_overhead.py, README).
+DEFAULT_ENN_EVERY = 50
 # The agent's state is written every this many rollouts: a write takes milliseconds,
 # a rollout seconds to minutes, so every rollout costs nothing noticeable.
 DEFAULT_SAVE_EVERY = 1
@@ -353,4 +355,4 @@ def shrink_task(task: Task, train: int = 600, epochs: int = 3) -> Task:
     data = dataclasses.replace(task.data, train_x=task.data.train_x[:train],
                                train_y=task.data.train_y[:train])
     config = dataclasses.replace(task.config, epochs=epochs, segments=min(task.config.segments, 4))
-    return Task(config=config, data=data)
+    return dataclasses.replace(task, config=config, data=data)  # keeps the task's device

@@ -47,8 +47,18 @@ class TaskConfig:
     dataset: str
     # Sizes of the train / val / test parts of the fixed split.
     split: dict
-    # Widths of the hidden layers of the target MLP.
+    # Widths of the hidden layers of the target MLP (for a CNN: of its dense layers
+    # after the convolutions).
     hidden: list[int] = dataclasses.field(default_factory=lambda: [100, 100])
+    # Target network: mlp, or cnn (convolutions on the square grayscale image, then
+    # the dense layers of `hidden`); the ENN reads a kernel (out, in, k, k) as an
+    # out x (in * k * k) matrix.
+    arch: str = "mlp"
+    # For a CNN: output channels of each convolution, their kernel size and stride
+    # (no padding).
+    conv: list[int] = dataclasses.field(default_factory=list)
+    kernel: int = 3
+    stride: int = 1
     # Activation between layers: relu or tanh.
     activation: str = "relu"
     # Optimiser of the target network: sgd or adam.
@@ -74,6 +84,17 @@ class TaskConfig:
                     "a positive integer")
         require(where, "hidden", all(h >= 1 for h in self.hidden), self.hidden,
                 "a list of positive widths")
+        require(where, "arch", self.arch in ARCHS, self.arch, f"one of: {', '.join(ARCHS)}")
+        if self.arch == "cnn":
+            require(where, "conv", bool(self.conv) and all(
+                isinstance(c, int) and c >= 1 for c in self.conv), self.conv,
+                "a non-empty list of positive channel counts")
+            require(where, "kernel", isinstance(self.kernel, int) and self.kernel >= 1,
+                    self.kernel, "a positive integer")
+            require(where, "stride", isinstance(self.stride, int) and self.stride >= 1,
+                    self.stride, "a positive integer")
+        else:
+            require(where, "conv", not self.conv, self.conv, "empty unless arch is cnn")
         require(where, "activation", self.activation in ACTIVATIONS, self.activation,
                 f"one of: {', '.join(ACTIVATIONS)}")
         require(where, "optimizer", self.optimizer in ("sgd", "adam"), self.optimizer,
@@ -85,6 +106,7 @@ class TaskConfig:
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+ARCHS = ("mlp", "cnn")
 
 
 @dataclasses.dataclass
@@ -103,6 +125,12 @@ class TaskData:
     def n_features(self) -> int:
         return self.train_x.shape[1]
 
+    def to(self, device: torch.device) -> TaskData:
+        """A copy with every tensor on ``device``."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return TaskData(**{k: v.to(device) if isinstance(v, torch.Tensor) else v
+                           for k, v in fields.items()})
+
 
 @dataclasses.dataclass
 class Task:
@@ -110,6 +138,21 @@ class Task:
 
     config: TaskConfig
     data: TaskData
+    # Where the data and the target networks live (see :meth:`to`).
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    def to(self, device: str | torch.device | None = "auto") -> Task:
+        """A copy of the task on ``device`` (auto, cpu, cuda): its data, and the networks
+        :meth:`build_model` returns, live there.
+
+        Raises:
+            ValueError: CUDA asked for on a machine without it (see
+                :func:`~gradinstructor.device.resolve_device`).
+        """
+        from gradinstructor.device import resolve_device
+
+        device = resolve_device(device)
+        return dataclasses.replace(self, data=self.data.to(device), device=device)
 
     @property
     def name(self) -> str:
@@ -129,14 +172,22 @@ class Task:
         return self.steps_per_epoch * self.config.epochs
 
     def build_model(self, seed: int, init: str = "default") -> nn.Sequential:
-        """A freshly initialised target MLP.
+        """A freshly initialised target network (an MLP, or a CNN for ``arch: cnn``).
 
         Args:
             seed: seeds the initialisation.
             init: "default" (PyTorch's), "he" (Kaiming normal, fan-in, ReLU gain)
                 or "xavier".
         """
-        return build_mlp(self.layer_sizes, self.config.activation, seed=seed, init=init)
+        cfg = self.config
+        if cfg.arch == "cnn":
+            model = build_cnn(image_side(self.data.n_features, cfg.name), cfg.conv, cfg.kernel,
+                              cfg.stride, cfg.hidden, self.data.n_classes, cfg.activation,
+                              seed=seed, init=init)
+        else:
+            model = build_mlp(self.layer_sizes, cfg.activation, seed=seed, init=init)
+        # initialised on the CPU (the same numbers on every device), then moved
+        return model if self.device.type == "cpu" else model.to(self.device)
 
     def make_optimizer(self, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
         lr = self.config.lr if lr is None else lr
@@ -148,40 +199,108 @@ class Task:
 INITS = ("default", "he", "xavier")
 
 
+def _init_layer(layer: nn.Linear | nn.Conv2d, init: str, generator: torch.Generator) -> None:
+    if init == "he":
+        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
+        nn.init.zeros_(layer.bias)
+    elif init == "xavier":
+        nn.init.xavier_normal_(layer.weight, generator=generator)
+        nn.init.zeros_(layer.bias)
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, but got {init!r}")
+
+
 def build_mlp(sizes: list[int], activation: str = "relu", seed: int = 0,
               init: str = "default") -> nn.Sequential:
     """An MLP with the given layer widths, initialised reproducibly from ``seed``."""
-    if init not in INITS:
-        raise ValueError(f"init must be one of {', '.join(INITS)}, but got {init!r}")
+    _check_init(init)
     generator = torch.Generator().manual_seed(seed)
     layers: list[nn.Module] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             linear = nn.Linear(fan_in, fan_out)
-            if init == "he":
-                nn.init.kaiming_normal_(linear.weight, nonlinearity="relu", generator=generator)
-                nn.init.zeros_(linear.bias)
-            elif init == "xavier":
-                nn.init.xavier_normal_(linear.weight, generator=generator)
-                nn.init.zeros_(linear.bias)
+            _init_layer(linear, init, generator)
             layers.append(linear)
             if i < len(sizes) - 2:
                 layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
-def load_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
+def image_side(n_features: int, task: str = "the task") -> int:
+    """The side of the square grayscale images a CNN task reads from flat features."""
+    side = round(n_features ** 0.5)
+    if side * side != n_features:
+        raise ValueError(f"{task}: a CNN needs square grayscale images, but the data set "
+                         f"has {n_features} features per example")
+    return side
+
+
+def build_cnn(side: int, channels: list[int], kernel: int = 3, stride: int = 1,
+              hidden: list[int] = (), n_classes: int = 10, activation: str = "relu",
+              seed: int = 0, init: str = "default") -> nn.Sequential:
+    """A CNN on flat (N, side*side) inputs, initialised reproducibly from ``seed``.
+
+    The input is viewed as (N, 1, side, side); each convolution (no padding) is followed
+    by the activation; the result is flattened into the dense layers ``hidden`` and a
+    final Linear to ``n_classes``.
+
+    Raises:
+        ValueError: the convolutions shrink the image to nothing, or an unknown init.
+    """
+    _check_init(init)
+    generator = torch.Generator().manual_seed(seed)
+    act = ACTIVATIONS[activation]
+    layers: list[nn.Module] = [nn.Unflatten(1, (1, side, side))]
+    size, in_channels = side, 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for out_channels in channels:
+            size = (size - kernel) // stride + 1
+            if size < 1:
+                raise ValueError(f"a {side}x{side} image is too small for {len(channels)} "
+                                 f"convolutions of kernel {kernel} and stride {stride}")
+            conv = nn.Conv2d(in_channels, out_channels, kernel, stride)
+            _init_layer(conv, init, generator)
+            layers += [conv, act()]
+            in_channels = out_channels
+        layers.append(nn.Flatten())
+        sizes = [in_channels * size * size, *hidden, n_classes]
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            linear = nn.Linear(fan_in, fan_out)
+            _init_layer(linear, init, generator)
+            layers.append(linear)
+            if i < len(sizes) - 2:
+                layers.append(act())
+    return nn.Sequential(*layers)
+
+
+def load_task(name: str, data_dir: str | os.PathLike | None = None,
+              device: str | torch.device = "cpu") -> Task:
     """Load a task by name (``tasks/NAME.yaml``) or by the path of a YAML file.
+
+    Args:
+        name: task name or path.
+        data_dir: where torchvision data sets are stored.
+        device: auto, cpu or cuda: where the data and the target networks live
+            (the command line's ``--device``, whose default is auto).
 
     Raises:
         SettingsError: unknown task name or invalid settings (lists the known tasks).
         DatasetUnavailableError: the data set needs files that are not here.
+        ValueError: CUDA asked for on a machine without it.
     """
+    from gradinstructor.device import resolve_device
+
+    target = resolve_device(device)  # before loading anything
     path = settings_path("tasks", name)
     config = from_dict(TaskConfig, read_yaml(path), str(path))
     features, labels = _load_arrays(config.dataset, data_dir)
-    return Task(config=config, data=_split(features, labels, config))
+    task = Task(config=config, data=_split(features, labels, config))
+    return task if target.type == "cpu" else task.to(target)
 
 
 def _load_arrays(dataset: str, data_dir) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,10 @@ Example:
     >>> loss = F.cross_entropy(model(x), y)
     >>> loss = gi(loss)                                                    # added line 2
     >>> opt.zero_grad(); loss.backward(); opt.step()
+
+The gradient form gives the same update without touching the loss: after your own
+``loss.backward()``, ``gi.add_gradient()`` adds ``-strength * dENN/dw`` to each
+weight's ``.grad``, where any optimiser, gradient clipping or AMP scaler sees it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,28 @@ if TYPE_CHECKING:
 Strength = Union[float, Callable[[float], float], "ScheduleActor"]
 
 
+class _LinearTerm(torch.autograd.Function):
+    """``sum(s * g . w)`` over the weights as one autograd node (s * g given, detached).
+
+    Its gradient in each weight is ``s * g`` times the incoming gradient; when that
+    is -1 (``loss - term``, the usual case) the backward hands back the cached
+    ``-s * g`` without computing anything, so a reused ENN gradient costs one dot
+    product per weight matrix in the forward pass and nothing more in the backward
+    (autograd copies a tensor it did not create before accumulating into it).
+    """
+
+    @staticmethod
+    def forward(ctx, scaled, negated, *weights):
+        ctx.scaled, ctx.negated = scaled, negated
+        return sum(torch.dot(s.reshape(-1), w.reshape(-1)) for s, w in zip(scaled, weights))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if grad_out.device.type == "cpu" and float(grad_out) == -1.0:
+            return (None, None, *ctx.negated)
+        return (None, None, *[s * grad_out for s in ctx.scaled])
+
+
 class GradInstructor:
     """Adds ``-strength * ENN(weights, progress)`` to the task loss of ``model``.
 
@@ -55,7 +81,10 @@ class GradInstructor:
         ratio: rendering ratio; must match the ENN's (default: the ENN's).
         every: recompute the ENN gradient every ``every`` steps and reuse it in
             between (the weights move little from one step to the next). With 1 the
-            added gradient is exactly ``-strength * dENN/dw`` at every step.
+            added gradient is exactly ``-strength * dENN/dw`` at every step. The
+            command line and the pipeline use ``pipeline.DEFAULT_ENN_EVERY`` (50),
+            the cheapest setting measured with the same effect on accuracy
+            (``benchmarks/enn_overhead.py``).
 
     The term is added as a linear surrogate ``sum(g * w)`` with g = dENN/dw
     (detached), so its gradient is exactly ``strength * g`` whichever step g
@@ -80,7 +109,9 @@ class GradInstructor:
             )
         enn.check_model(model, ratio)  # also a clear error if the model has no weights
         self.model = model
-        self.enn = enn.eval().requires_grad_(False)
+        self._weights = weight_parameters(model)
+        # the ENN follows the target network to its device (a no-op when they agree)
+        self.enn = enn.to(self._weights[0].device).eval().requires_grad_(False)
         self.strength = strength
         self.total_steps = total_steps
         self.segments = segments
@@ -89,8 +120,12 @@ class GradInstructor:
         self.last_score = float("nan")
         self.last_strength = 0.0
         self._segment_strength: float | None = None
-        self._weights = weight_parameters(model)
         self._enn_grads: list[torch.Tensor] | None = None  # dENN/dw, reused for `every` steps
+        # strength * g and -strength * g for the linear term, and the g and strength of them
+        self._scaled: list[torch.Tensor] = []
+        self._negated: list[torch.Tensor] = []
+        self._scaled_for: list[torch.Tensor] | None = None
+        self._scaled_strength = 0.0
 
     @property
     def progress(self) -> float:
@@ -117,16 +152,52 @@ class GradInstructor:
         self.last_score = float(score.detach())
         return [g.detach() for g in grads]
 
+    def _current_grads(self) -> list[torch.Tensor]:
+        """dENN/dw for this step: recomputed every ``every`` steps, reused in between."""
+        if self._enn_grads is None or self.step % self.every == 0:
+            self._enn_grads = self.enn_gradient()
+        return self._enn_grads
+
     def enn_term(self) -> torch.Tensor:
         """A 0-d tensor whose gradient in the weights is ``strength * dENN/dw``."""
         strength = self.current_strength()
         self.last_strength = strength
         if strength == 0.0:
-            return torch.zeros(())
-        if self._enn_grads is None or self.step % self.every == 0:
-            self._enn_grads = self.enn_gradient()
-        surrogate = sum((g * w).sum() for g, w in zip(self._enn_grads, self._weights))
-        return strength * surrogate
+            return torch.zeros((), device=self._weights[0].device)
+        grads = self._current_grads()
+        if self._scaled_for is not grads or self._scaled_strength != strength:
+            # cached until g or the strength changes: a reused g costs no new tensor
+            self._scaled = [g * strength for g in grads]
+            self._negated = [-s for s in self._scaled]
+            self._scaled_for, self._scaled_strength = grads, strength
+        return _LinearTerm.apply(self._scaled, self._negated, *self._weights)
+
+    def add_gradient(self, scale: float | torch.Tensor = 1.0) -> float:
+        """The gradient form: add ``-strength * dENN/dw`` to each weight's ``.grad``.
+
+        Call it after your own ``loss.backward()`` and before the optimiser step (and
+        before any gradient clipping), instead of wrapping the loss with ``gi(loss)``;
+        the update is the same. It advances the step counter like ``gi(loss)`` does.
+
+        Args:
+            scale: multiplies the added gradient. With an AMP ``GradScaler`` either call
+                this after ``scaler.unscale_(optimizer)`` (scale 1), or before it with
+                ``scale=scaler.get_scale()`` so the term is scaled like the loss's.
+
+        Returns:
+            The strength used at this step.
+        """
+        strength = self.current_strength()
+        self.last_strength = strength
+        if strength != 0.0:
+            for g, w in zip(self._current_grads(), self._weights):
+                term = g.to(device=w.device, dtype=w.dtype) * (-strength * scale)
+                if w.grad is None:
+                    w.grad = term.clone()
+                else:
+                    w.grad.add_(term)
+        self.step += 1
+        return strength
 
     def __call__(self, loss: torch.Tensor) -> torch.Tensor:
         """Return ``loss - strength * ENN(weights)`` and advance the step counter."""
