@@ -311,7 +311,7 @@ class DemoBudget:
     seeds: int
 
 
-# 1,200 RL segments keep the whole demo near 8 minutes on 2 cores (2,000 took 11; README).
+# 1,200 RL segments: the whole demo takes about 3 minutes on 2 cores (README, Wall times).
 DEMO_FULL = DemoBudget(timesteps=1200, seeds=5)
 DEMO_QUICK = DemoBudget(timesteps=80, seeds=2)
 
