@@ -311,7 +311,7 @@ class DemoBudget:
     seeds: int
 
 
-# 1,200 RL segments: the whole demo takes about 3 minutes on 2 cores (README, Wall times).
+# 1,200 RL segments: the whole demo takes under 3 minutes on 2 cores (README, Wall times).
 DEMO_FULL = DemoBudget(timesteps=1200, seeds=5)
 DEMO_QUICK = DemoBudget(timesteps=80, seeds=2)
 
