@@ -131,6 +131,16 @@ def _positive(values: np.ndarray) -> np.ndarray:
     return np.where(values > 0, values, np.nan)
 
 
+def _gradient_curves(results: dict):
+    """(method, strength, task gradient norm, ENN gradient norm), per-epoch means over seeds."""
+    for method in (m for m in ENN_METHODS if m in results["methods"]):
+        runs = results["methods"][method]["runs"]
+        strength = _mean_curve(runs, "strength")
+        if strength is not None:
+            yield (method, strength, _mean_curve(runs, "task_grad_norm"),
+                   _mean_curve(runs, "enn_grad_norm"))
+
+
 def plot_schedule(results: dict, path: Path) -> Path | None:
     """Per epoch, for the ENN methods: strength, ENN and task gradient norms, their ratio."""
     enn_methods = [m for m in ENN_METHODS if m in results["methods"]]
@@ -138,13 +148,9 @@ def plot_schedule(results: dict, path: Path) -> Path | None:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
-    for color, method in zip(("tab:blue", "tab:orange"), enn_methods):
-        runs = results["methods"][method]["runs"]
-        strength = _mean_curve(runs, "strength")
-        task_norm = _mean_curve(runs, "task_grad_norm")
-        enn_norm = _mean_curve(runs, "enn_grad_norm")
-        if strength is None:
-            continue
+    colors = dict(zip(enn_methods, ("tab:blue", "tab:orange")))
+    for method, strength, task_norm, enn_norm in _gradient_curves(results):
+        color = colors[method]
         epochs = np.arange(1, len(strength) + 1)
         axes[0].plot(epochs, strength, marker="o", ms=3, color=color, label=method)
         axes[1].plot(epochs, _positive(task_norm), "-", marker="o", ms=3, color=color,
@@ -253,13 +259,7 @@ def _comparison(results: dict, run_dir: Path, plots: Path) -> str:
 def _schedule_text(results: dict) -> str:
     """One sentence per ENN method: strength and gradient ratio at the first and last epoch."""
     items = []
-    for method in (m for m in ENN_METHODS if m in results["methods"]):
-        runs = results["methods"][method]["runs"]
-        strength = _mean_curve(runs, "strength")
-        task_norm = _mean_curve(runs, "task_grad_norm")
-        enn_norm = _mean_curve(runs, "enn_grad_norm")
-        if strength is None:
-            continue
+    for method, strength, task_norm, enn_norm in _gradient_curves(results):
         ratio = enn_norm / np.maximum(task_norm, 1e-12)
         items.append(f"<li>{_esc(method)}: strength {strength[0]:.3g} in epoch 1, "
                      f"{strength[-1]:.3g} in epoch {len(strength)}; |ENN grad| / |task grad| "
