@@ -3,30 +3,30 @@
 On the ``mnist5k`` MLP (784-100-100-10, batch 64, SGD), in one process with one
 torch thread, it times:
 
-* a plain step (forward, cross-entropy, backward, SGD), and
-* an augmented step: the same with ``GradInstructor(..., every=k)`` wrapping the
-  loss (``gi(loss)``), for the default k (``DEFAULT_ENN_EVERY``) and for each k of
-  ``--ks``, and with the gradient form (``gi.add_gradient()`` after backward) at
-  the default k,
+* a plain step (forward, cross-entropy, backward, SGD),
+* the default augmented step: ``GradInstructor(model, enn)`` wrapping the loss
+  (``gi(loss)``), which computes the ENN gradient g once every k =
+  ``DEFAULT_ENN_EVERY`` steps and applies k steps' worth of it (``k * strength *
+  g``) at that step, nothing in between (the lumped form),
+* the same with each k of ``--ks``, the spread form at the default k
+  (``spread=True``: ``strength * g`` at every step, g reused), and the gradient
+  form (``gi.add_gradient()`` after backward) at the default k,
 
-interleaved in rounds (plain, then each k, over the same minibatches), so that
-a change of machine load hits all of them alike; each figure is the median over
-rounds of the mean step time of a round. Then it trains full target networks on
-``mnist5k`` over ``--seeds`` seeds plainly, with the ENN term at every step
-(k = 1) and at the default k, same strength, and reports the test accuracy of
-each: "same effect" is measured, not assumed.
+interleaved in rounds (plain, then each variant, over the same minibatches), so
+that a change of machine load hits all of them alike; each figure is the median
+over rounds of the mean step time of a round. Then it trains full target
+networks on ``mnist5k`` over ``--seeds`` seeds plainly, with the ENN term at
+every step (k = 1, the exact form), lumped at the default k and spread at the
+default k, same strength, and reports the test accuracy of each: "same effect"
+is measured, not assumed. Use a trained ENN (``--enn``) for that: an untrained
+one pushes in an arbitrary direction.
 
-The strength is not rescaled with k: the reused gradient is applied at every
-step (GradInstructor adds ``strength * g`` to each step's gradient, g refreshed
-every k steps), so the total push over k steps is the same as with k = 1; only
-its direction lags by up to k - 1 steps.
-
-    python benchmarks/enn_overhead.py                     # about 1 minute
-    python benchmarks/enn_overhead.py --enn RUN/enn.pt    # a trained ENN
+    python benchmarks/enn_overhead.py                          # about 1 minute
+    python benchmarks/enn_overhead.py --enn runs/demo/enn.pt   # a trained ENN
 
 The last line printed is JSON with ``plain_us``, ``augmented_us``, ``ratio``
-(augmented / plain at the default k), the accuracies over seeds and the timing
-of every k.
+(augmented / plain, the default form), the accuracies over seeds and the timing
+of every variant.
 """
 
 from __future__ import annotations
@@ -42,10 +42,9 @@ import torch
 import torch.nn.functional as F
 
 from gradinstructor.enn import ENN, ENNConfig
-from gradinstructor.pipeline import DEFAULT_ENN_EVERY
 from gradinstructor.render import layer_shapes
 from gradinstructor.tasks import Task, load_task
-from gradinstructor.trainer import GradInstructor, batch_order, fit_target
+from gradinstructor.trainer import DEFAULT_ENN_EVERY, GradInstructor, batch_order, fit_target
 
 
 def _enn(task: Task, path: str | None) -> ENN:
@@ -55,52 +54,58 @@ def _enn(task: Task, path: str | None) -> ENN:
     return ENN(ENNConfig(layer_shapes=layer_shapes(task.build_model(seed=0))))
 
 
-def time_steps(task: Task, enn: ENN, ks: list[int], strength: float, rounds: int,
+# A variant: (k, form, spread); form is "loss" (gi(loss)) or "grad" (gi.add_gradient()).
+Variant = tuple[int, str, bool]
+
+
+def time_steps(task: Task, enn: ENN, variants: list[Variant], strength: float, rounds: int,
                steps: int) -> dict:
-    """Median over rounds of the mean step time (us), plain and for each k."""
+    """Median over rounds of the mean step time (us): plain (None) and each variant."""
     data, cfg = task.data, task.config
     batches = list(batch_order(len(data.train_y), cfg.batch_size, 1, seed=0))
     batches = [b for b in batches if len(b) == cfg.batch_size][:steps]
     batches = (batches * (steps // max(1, len(batches)) + 1))[:steps]
 
-    def run(variant) -> float:
-        k, form = (variant, "loss") if not isinstance(variant, tuple) else variant
+    def run(variant: Variant | None) -> float:
         model = task.build_model(seed=0)
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-        gi = (GradInstructor(model, enn, strength=strength, total_steps=task.total_steps,
-                             every=k) if k else None)
+        gi, form = None, None
+        if variant is not None:
+            k, form, spread = variant
+            gi = GradInstructor(model, enn, strength=strength, total_steps=task.total_steps,
+                                every=k, spread=spread)
         start = time.perf_counter()
         for idx in batches:
             loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-            if gi is not None and form == "loss":
+            if form == "loss":
                 loss = gi(loss)
             optimizer.zero_grad()
             loss.backward()
-            if gi is not None and form == "grad":
+            if form == "grad":
                 gi.add_gradient()
             optimizer.step()
         return (time.perf_counter() - start) / len(batches) * 1e6
 
-    # the loss form gi(loss) for every k; the gradient form gi.add_gradient() at the
-    # default k (``every`` is the last of ks' caller's list: see main)
-    variants = [None, *ks, (ks[-1], "grad")]
-    for k in variants:  # warm-up
-        run(k)
-    times: dict = {k: [] for k in variants}
+    everything = [None, *variants]
+    for variant in everything:  # warm-up
+        run(variant)
+    times: dict = {variant: [] for variant in everything}
     for _ in range(rounds):
-        for k in variants:
-            times[k].append(run(k))
-    return {k: statistics.median(v) for k, v in times.items()}
+        for variant in everything:
+            times[variant].append(run(variant))
+    return {variant: statistics.median(v) for variant, v in times.items()}
 
 
 def accuracies(task: Task, enn: ENN, every: int, strength: float, seeds: int) -> dict:
-    """Test accuracy over seeds: plain, the ENN term every step, every ``every`` steps."""
-    out: dict = {"plain": [], "every_1": [], f"every_{every}": []}
+    """Test accuracy over seeds: plain, every step, lumped and spread at ``every``."""
+    kinds = {"plain": None, "every_1": (1, False), f"lumped_{every}": (every, False),
+             f"spread_{every}": (every, True)}
+    out: dict = {name: [] for name in kinds}
     for seed in range(seeds):
-        for name, k in (("plain", None), ("every_1", 1), (f"every_{every}", every)):
+        for name, kind in kinds.items():
             model = task.build_model(seed=seed)
             gi = (GradInstructor(model, enn, strength=strength, total_steps=task.total_steps,
-                                 every=k) if k else None)
+                                 every=kind[0], spread=kind[1]) if kind else None)
             out[name].append(fit_target(task, model, seed=seed, instructor=gi).test_acc)
     return out
 
@@ -133,40 +138,52 @@ def main(argv: list[str] | None = None) -> int:
 
         task = Task(config=dataclasses.replace(task.config, epochs=args.epochs), data=task.data)
     enn = _enn(task, args.enn)
-    ks = sorted({int(k) for k in args.ks.split(",") if k} - {args.every}) + [args.every]
-    times = time_steps(task, enn, ks, args.strength, args.rounds, args.steps)
+    k = args.every
+    others = sorted({int(v) for v in args.ks.split(",") if v} - {k})
+    default: Variant = (k, "loss", False)
+    spread: Variant = (k, "loss", True)
+    grad_form: Variant = (k, "grad", False)
+    variants = [(o, "loss", False) for o in others] + [default, spread, grad_form]
+    times = time_steps(task, enn, variants, args.strength, args.rounds, args.steps)
     plain = times[None]
-    grad_form = times[(args.every, "grad")]
-    for k in ks:
-        print(f"every={k:>3}: {times[k]:8.1f} us/step, {times[k] / plain:.3f} x plain "
-              f"({plain:.1f} us), gi(loss)", flush=True)
-    print(f"every={args.every:>3}: {grad_form:8.1f} us/step, {grad_form / plain:.3f} x plain, "
-          "gi.add_gradient()", flush=True)
-    accs = accuracies(task, enn, args.every, args.strength, args.seeds)
+    for variant in variants:
+        every, form, spread_it = variant
+        call = "gi(loss)" if form == "loss" else "gi.add_gradient()"
+        print(f"every={every:>3} {'spread' if spread_it else 'lumped'}: {times[variant]:8.1f} "
+              f"us/step, {times[variant] / plain:.3f} x plain ({plain:.1f} us), {call}",
+              flush=True)
+    accs = accuracies(task, enn, k, args.strength, args.seeds)
     summary = {name: {"mean": statistics.mean(v),
                       "std": statistics.stdev(v) if len(v) > 1 else 0.0, "runs": v}
                for name, v in accs.items()}
     for name, s in summary.items():
         print(f"test accuracy {name:>9}: {100 * s['mean']:.2f} +- {100 * s['std']:.2f} "
               f"over {args.seeds} seeds", flush=True)
-    default = f"every_{args.every}"
-    diffs = [a - b for a, b in zip(accs[default], accs["every_1"])]
+
+    def versus_every_1(name: str) -> dict:
+        diffs = [a - b for a, b in zip(accs[name], accs["every_1"])]
+        return {"mean": round(statistics.mean(diffs), 4),
+                "max_abs": round(max(abs(d) for d in diffs), 4)}
+
+    lumped_by_k = {str(o): round(times[(o, "loss", False)] / plain, 4) for o in others}
+    lumped_by_k[str(k)] = round(times[default] / plain, 4)
     result = {
-        "task": args.task, "threads": torch.get_num_threads(), "every": args.every,
+        "task": args.task, "threads": torch.get_num_threads(), "every": k,
         "strength": args.strength, "enn": args.enn or "untrained (seed 0)",
-        "plain_us": round(plain, 1), "augmented_us": round(times[args.every], 1),
-        "ratio": round(times[args.every] / plain, 4),
-        "ratio_by_k": {str(k): round(times[k] / plain, 4) for k in sorted(ks)},
-        "gradient_form_us": round(grad_form, 1),
-        "gradient_form_ratio": round(grad_form / plain, 4),
-        "us_by_k": {str(k): round(times[k], 1) for k in sorted(ks)},
+        "plain_us": round(plain, 1), "augmented_us": round(times[default], 1),
+        "ratio": round(times[default] / plain, 4),
+        "ratio_by_k": dict(sorted(lumped_by_k.items(), key=lambda kv: int(kv[0]))),
+        "spread_us": round(times[spread], 1), "spread_ratio": round(times[spread] / plain, 4),
+        "gradient_form_us": round(times[grad_form], 1),
+        "gradient_form_ratio": round(times[grad_form] / plain, 4),
         "seeds": args.seeds,
         "acc_plain": round(summary["plain"]["mean"], 4),
         "acc_every_1": round(summary["every_1"]["mean"], 4),
-        "acc_default": round(summary[default]["mean"], 4),
-        "acc_std": {k: round(s["std"], 4) for k, s in summary.items()},
-        "acc_default_minus_every_1_mean": round(statistics.mean(diffs), 4),
-        "acc_default_minus_every_1_max_abs": round(max(abs(d) for d in diffs), 4),
+        "acc_default": round(summary[f"lumped_{k}"]["mean"], 4),
+        "acc_spread": round(summary[f"spread_{k}"]["mean"], 4),
+        "acc_std": {name: round(s["std"], 4) for name, s in summary.items()},
+        "acc_default_minus_every_1": versus_every_1(f"lumped_{k}"),
+        "acc_spread_minus_every_1": versus_every_1(f"spread_{k}"),
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "seconds": round(time.perf_counter() - start, 1),
     }

@@ -41,9 +41,9 @@ from gradinstructor.agent import make_vec_env
 from gradinstructor.config import load_agent_config
 from gradinstructor.enn import ENNConfig
 from gradinstructor.env import TargetTrainingEnv
-from gradinstructor.pipeline import DEFAULT_ENN_EVERY
 from gradinstructor.render import layer_shapes
 from gradinstructor.tasks import load_task
+from gradinstructor.trainer import DEFAULT_ENN_EVERY
 
 
 def _weight_difference(dummy, population) -> float:

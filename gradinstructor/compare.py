@@ -66,7 +66,8 @@ def run_method(task: Task, method: str, seed: int, enn: ENN | None = None,
     if method in ENN_METHODS:
         instructor = GradInstructor(model, enn, strength=strength,
                                     total_steps=task.total_steps,
-                                    segments=task.config.segments, every=enn_every)
+                                    segments=task.config.segments, every=enn_every,
+                                    spread=task.config.optimizer != "sgd")
     start = time.perf_counter()
     result = fit_target(task, model, seed, instructor=instructor,
                         l1=l1 if method == "l1" else 0.0, method=method)

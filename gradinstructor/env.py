@@ -141,7 +141,7 @@ class TargetTrainingEnv(gym.Env):
                                    seed=net_seed)
         self.instructor = GradInstructor(self.model, self.enn, strength=0.0,
                                          total_steps=self.task.total_steps,
-                                         every=self.enn_every)
+                                         every=self.enn_every, spread=True)
         self.segment = 0
         self.strengths: list[float] = []
         self.net_seed, self.init = net_seed, init
@@ -233,7 +233,7 @@ class TargetTrainingEnv(gym.Env):
         saved = state["instructor"]
         self.instructor = GradInstructor(self.model, self.enn, strength=saved["strength"],
                                          total_steps=self.task.total_steps,
-                                         every=self.enn_every)
+                                         every=self.enn_every, spread=True)
         self.instructor.step = saved["step"]
         self.instructor.last_score = saved["last_score"]
         self.instructor.last_strength = saved["last_strength"]

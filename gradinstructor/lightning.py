@@ -28,10 +28,11 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "`pip install gradinstructor[lightning]`"
     ) from err
 
+import torch
 from torch import nn
 
 from gradinstructor.enn import ENN
-from gradinstructor.trainer import GradInstructor, Strength
+from gradinstructor.trainer import DEFAULT_ENN_EVERY, GradInstructor, Strength
 
 
 class GradInstructorCallback(pl.Callback):
@@ -46,7 +47,11 @@ class GradInstructorCallback(pl.Callback):
         submodule: name of the attribute of the LightningModule holding the target
             network (default: the whole module, whose Linear and convolution weights
             must then be exactly the ones the ENN was trained on).
-        every: recompute the ENN gradient every ``every`` optimiser steps.
+        every: compute the ENN gradient once every ``every`` optimiser steps
+            (default :data:`~gradinstructor.trainer.DEFAULT_ENN_EVERY`).
+        spread: as for :class:`GradInstructor`; None (the default) chooses from the
+            trainer's optimisers at the start of fit: lumped if they are all
+            ``torch.optim.SGD``, spread otherwise (Adam and other adaptive ones).
         log: log ``gi/strength`` and ``gi/enn_score`` through the module's logger.
 
     Raises:
@@ -55,13 +60,15 @@ class GradInstructorCallback(pl.Callback):
     """
 
     def __init__(self, enn: ENN, strength: Strength = 1.0, total_steps: int | None = None,
-                 submodule: str | None = None, every: int = 1, log: bool = True) -> None:
+                 submodule: str | None = None, every: int = DEFAULT_ENN_EVERY,
+                 spread: bool | None = None, log: bool = True) -> None:
         super().__init__()
         self.enn = enn
         self.strength = strength
         self.total_steps = total_steps
         self.submodule = submodule
         self.every = every
+        self.spread = spread
         self.log = log
         self.instructor: GradInstructor | None = None
 
@@ -81,9 +88,14 @@ class GradInstructorCallback(pl.Callback):
             estimated = trainer.estimated_stepping_batches
             total = int(estimated) if estimated != float("inf") else 1
         self.enn.to(pl_module.device)
+        spread = self.spread
+        if spread is None:
+            optimizers = list(getattr(trainer, "optimizers", None) or [])
+            spread = not optimizers or not all(isinstance(o, torch.optim.SGD)
+                                               for o in optimizers)
         self.instructor = GradInstructor(self._target(pl_module), self.enn,
                                          strength=self.strength, total_steps=max(1, total),
-                                         every=self.every)
+                                         every=self.every, spread=spread)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: Any) -> None:

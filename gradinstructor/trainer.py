@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from gradinstructor.agent import ScheduleActor
     from gradinstructor.tasks import Task
 
+# Steps between two computations of the ENN gradient, by default: about an epoch of
+# mnist5k (47 steps). benchmarks/enn_overhead.py measures its cost and its accuracy.
+DEFAULT_ENN_EVERY = 50
+
 Strength = Union[float, Callable[[float], float], "ScheduleActor"]
 
 
@@ -79,16 +83,28 @@ class GradInstructor:
         total_steps: optimiser steps in the whole run, so that progress = step / total.
         segments: for an actor, how many times over the run it chooses a strength.
         ratio: rendering ratio; must match the ENN's (default: the ENN's).
-        every: recompute the ENN gradient every ``every`` steps and reuse it in
-            between (the weights move little from one step to the next). With 1 the
-            added gradient is exactly ``-strength * dENN/dw`` at every step. The
-            command line and the pipeline use ``pipeline.DEFAULT_ENN_EVERY`` (50),
-            the cheapest setting measured with the same effect on accuracy
-            (``benchmarks/enn_overhead.py``).
+        every: compute the ENN gradient g = dENN/dw once every ``every`` steps
+            (default :data:`DEFAULT_ENN_EVERY`, 50; the weights move little from one
+            step to the next). With 1 the added gradient is exactly
+            ``-strength * dENN/dw`` at every step.
+        spread: how a g computed every k = ``every`` steps is applied. False
+            (lumped): k steps' worth, ``k * strength * g``, at the step where it is
+            computed, and nothing in the k - 1 steps after it, which then cost
+            exactly a plain step. For SGD, with or without momentum, the total push
+            is the same as applying ``strength * g`` at every step, only earlier in
+            the window. True: ``strength * g`` at every step, reusing g; needed with
+            optimisers that normalise each step's gradient (Adam, RMSprop,
+            Adagrad): they would shrink a k-fold pulse to one ordinary step and, with
+            their running second moment inflated by it, slow the steps after it.
+            None (the default): spread unless ``optimizer`` is a
+            ``torch.optim.SGD``; lumped when no optimizer is given.
+            ``benchmarks/enn_overhead.py`` measures the cost and the accuracy of both.
+        optimizer: the optimiser of the loop, only to choose ``spread``. Pass it
+            whenever it is not plain SGD (or pass ``spread=True``).
 
     The term is added as a linear surrogate ``sum(g * w)`` with g = dENN/dw
     (detached), so its gradient is exactly ``strength * g`` whichever step g
-    was computed at, and a reused g costs one multiply-add per weight.
+    was computed at.
 
     Raises:
         CheckpointError: the ENN was trained on other layer shapes or another ratio.
@@ -97,11 +113,20 @@ class GradInstructor:
 
     def __init__(self, model: nn.Module, enn: ENN, strength: Strength = 1.0,
                  total_steps: int = 1, segments: int = 10,
-                 ratio: float | None = None, every: int = 1) -> None:
+                 ratio: float | None = None, every: int = DEFAULT_ENN_EVERY,
+                 spread: bool | None = None,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
         if not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be a positive integer, but got {total_steps!r}")
-        if not isinstance(every, int) or every < 1:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer, but got {every!r}")
+        if spread is None:
+            spread = optimizer is not None and not isinstance(optimizer, torch.optim.SGD)
+        if not isinstance(spread, bool):
+            raise TypeError(f"spread must be True, False or None, but got {spread!r}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None), but got "
+                            f"{type(optimizer).__name__}")
         if isinstance(strength, (int, float)) and (strength < 0 or math.isnan(strength)):
             raise ValueError(
                 f"strength must be non-negative (it scales gradient ascent on the ENN score), "
@@ -116,6 +141,7 @@ class GradInstructor:
         self.total_steps = total_steps
         self.segments = segments
         self.every = every
+        self.spread = spread
         self.step = 0
         self.last_score = float("nan")
         self.last_strength = 0.0
@@ -152,19 +178,41 @@ class GradInstructor:
         self.last_score = float(score.detach())
         return [g.detach() for g in grads]
 
+    def _due(self) -> bool:
+        """Whether this step computes a new ENN gradient."""
+        return self._enn_grads is None or self.step % self.every == 0
+
     def _current_grads(self) -> list[torch.Tensor]:
         """dENN/dw for this step: recomputed every ``every`` steps, reused in between."""
-        if self._enn_grads is None or self.step % self.every == 0:
+        if self._due():
             self._enn_grads = self.enn_gradient()
         return self._enn_grads
 
+    def _multiplier(self) -> tuple[int, bool]:
+        """(steps' worth of the term to apply at this step, whether it is a new g).
+
+        Spread: 1 at every step. Lumped: the steps up to the next computation at
+        this step (``every``, fewer in the last window of the run), 0 in between.
+        """
+        due = self._due()
+        if self.spread:
+            return 1, due
+        if not due:
+            return 0, False
+        left = self.total_steps - self.step
+        return (min(self.every, left) if left > 0 else self.every), True
+
     def enn_term(self) -> torch.Tensor:
-        """A 0-d tensor whose gradient in the weights is ``strength * dENN/dw``."""
+        """A 0-d tensor whose gradient in the weights is this step's ``strength * g``."""
         strength = self.current_strength()
         self.last_strength = strength
         if strength == 0.0:
             return torch.zeros((), device=self._weights[0].device)
+        times, _ = self._multiplier()
+        if times == 0:
+            return torch.zeros((), device=self._weights[0].device)
         grads = self._current_grads()
+        strength = strength * times
         if self._scaled_for is not grads or self._scaled_strength != strength:
             # cached until g or the strength changes: a reused g costs no new tensor
             self._scaled = [g * strength for g in grads]
@@ -189,9 +237,10 @@ class GradInstructor:
         """
         strength = self.current_strength()
         self.last_strength = strength
-        if strength != 0.0:
+        times = self._multiplier()[0] if strength != 0.0 else 0
+        if times:
             for g, w in zip(self._current_grads(), self._weights):
-                term = g.to(device=w.device, dtype=w.dtype) * (-strength * scale)
+                term = g.to(device=w.device, dtype=w.dtype) * (-strength * times * scale)
                 if w.grad is None:
                     w.grad = term.clone()
                 else:
@@ -200,10 +249,15 @@ class GradInstructor:
         return strength
 
     def __call__(self, loss: torch.Tensor) -> torch.Tensor:
-        """Return ``loss - strength * ENN(weights)`` and advance the step counter."""
-        total = loss - self.enn_term().to(loss.device)
+        """Return ``loss - strength * ENN(weights)`` and advance the step counter.
+
+        At the steps where the lumped form applies nothing, ``loss`` itself.
+        """
+        term = self.enn_term()
         self.step += 1
-        return total
+        if term.grad_fn is None:  # nothing to add at this step: no extra graph node
+            return loss
+        return loss - term.to(loss.device)
 
 
 # --------------------------------------------------------------------------- target training

@@ -381,9 +381,11 @@ class PopulationVecEnv(VecEnv):
         if with_term:
             grads_enn = self.enn_grads if ids is None else [g[ids] for g in self.enn_grads]
 
-        inputs, pre = self._forward_batch(x, weights, biases)
-        log_probs = F.log_softmax(pre[-1], dim=2)
-        nll = -log_probs.gather(2, y.unsqueeze(2)).squeeze(2)  # (m, B)
+        # feature-major (m, features, B) throughout: 15-25% faster than (m, B, features)
+        # for these small products (benchmarks/env_throughput.py)
+        inputs, logits = self._forward_batch(x.transpose(1, 2), weights, biases)
+        log_probs = F.log_softmax(logits, dim=1)  # (m, classes, B)
+        nll = -log_probs.gather(1, y.unsqueeze(1)).squeeze(1)  # (m, B)
         if mask is None:
             loss = nll.mean(dim=1)
         else:
@@ -393,15 +395,15 @@ class PopulationVecEnv(VecEnv):
         strength_t = torch.from_numpy(strength).float()
         if with_term:
             m = len(sel)
-            surrogate = sum(torch.bmm(g.view(m, 1, -1), w.view(m, -1, 1)).view(m)
+            # one fused dot product per network and layer (a (1 x n) @ (n x 1) bmm is 4x slower)
+            surrogate = sum(torch.linalg.vecdot(g.view(m, -1), w.view(m, -1))
                             for g, w in zip(grads_enn, weights))
             total = torch.where(strength_t != 0, loss - strength_t * surrogate, loss)
         finite = torch.isfinite(total)
         finite_np = finite.numpy()
         values = total.tolist()
-        for row, i in enumerate(sel):
-            if finite_np[row]:
-                self.last_finite_loss[i] = values[row]
+        for row in np.flatnonzero(finite_np):
+            self.last_finite_loss[sel[row]] = values[row]
 
         # backward by hand, with the learning rate and 1/batch folded into dLoss/dlogits:
         # every gradient is linear in it, so each product below is already lr * gradient
@@ -412,67 +414,69 @@ class PopulationVecEnv(VecEnv):
             scale = lr / y.shape[1]
         else:
             scale = lr / count
-        dz = log_probs.exp()
-        dz.scatter_add_(2, y.unsqueeze(2), torch.full(y.shape + (1,), -1.0))
+        dz = log_probs.exp_()  # softmax, in place: log_probs is not needed any more
+        dz.scatter_add_(1, y.unsqueeze(1), torch.full((y.shape[0], 1, y.shape[1]), -1.0))
         dz.mul_(scale[:, None, None])
         if mask is not None:
-            dz.mul_(mask.unsqueeze(2))
+            dz.mul_(mask.unsqueeze(1))
         if not finite_np.all():  # never let a NaN step touch a network that stops here
             dz = torch.where(finite[:, None, None], dz, torch.zeros(()))
         term = (lr * strength_t, grads_enn) if with_term else None
-        self._backward_update(ids, dz, inputs, pre, weights, biases, term)
+        self._backward_update(ids, dz, inputs, weights, biases, term)
         return finite_np
 
     def _lr_tensor(self, sel: np.ndarray) -> torch.Tensor:
         return torch.tensor([self.lr[i] for i in sel], dtype=torch.float32)
 
     def _forward_batch(self, x: torch.Tensor, weights: list[torch.Tensor],
-                       biases: list[torch.Tensor]) -> tuple[list, list]:
-        """Forward pass of stacked networks on their minibatches x (m, B, in).
+                       biases: list[torch.Tensor]) -> tuple[list, torch.Tensor]:
+        """Forward pass of stacked networks on their minibatches, feature-major.
 
-        Returns each layer's input and pre-activation; the last pre-activation is
-        the logits.
+        ``x`` is (m, in, B) (a transposed view is fine). Returns each layer's input
+        (m, features, B) and the logits (m, classes, B).
         """
-        inputs, pre = [], []
+        inputs = []
         h = x
         last = len(weights) - 1
         for layer, (w, b) in enumerate(zip(weights, biases)):
             inputs.append(h)
-            z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            pre.append(z)
+            z = torch.baddbmm(b.unsqueeze(2), w, h)  # W h + b
             if layer < last:
-                h = torch.tanh(z) if self._tanh else torch.relu(z)
-        return inputs, pre
+                h = torch.tanh_(z) if self._tanh else torch.relu_(z)
+            else:
+                h = z
+        return inputs, h
 
     def _backward_update(self, ids: torch.Tensor | None, dz: torch.Tensor, inputs: list,
-                         pre: list, weights: list, biases: list, term: tuple | None) -> None:
-        """Backpropagate ``dz`` (lr times dLoss/dlogits) and step networks ``ids``.
+                         weights: list, biases: list, term: tuple | None) -> None:
+        """Backpropagate ``dz`` (lr times dLoss/dlogits, (m, classes, B)) and step ``ids``.
 
         ``term`` is (lr * strength, ENN gradients) when some network has a non-zero
         strength: its weights also move by ``+lr * strength * g``.
         """
         for layer in range(len(weights) - 1, -1, -1):
             w, b = weights[layer], biases[layer]
+            a = inputs[layer]  # (m, in, B)
             dh = None
             if layer > 0:  # with the weights before this step
-                dh = torch.bmm(dz, w)
-            step_b = dz.sum(dim=1)
-            if ids is None:  # in place: W <- W - dz^T a (+ lr * strength * g)
-                w.baddbmm_(dz.transpose(1, 2), inputs[layer], alpha=-1.0)
+                dh = torch.bmm(w.transpose(1, 2), dz)
+            step_b = dz.sum(dim=2)
+            if ids is None:  # in place: W <- W - dz a^T (+ lr * strength * g)
+                w.baddbmm_(dz, a.transpose(1, 2), alpha=-1.0)
                 if term is not None:
                     w.addcmul_(term[1][layer], term[0][:, None, None])
                 b.sub_(step_b)
             else:
-                new_w = torch.baddbmm(w, dz.transpose(1, 2), inputs[layer], alpha=-1.0)
+                new_w = torch.baddbmm(w, dz, a.transpose(1, 2), alpha=-1.0)
                 if term is not None:
                     new_w.addcmul_(term[1][layer], term[0][:, None, None])
                 self.weights[layer].index_put_((ids,), new_w)
                 self.biases[layer].index_put_((ids,), b - step_b)
             if dh is not None:
                 if self._tanh:
-                    dz = dh * (1 - inputs[layer] * inputs[layer])
+                    dz = dh * (1 - a * a)
                 else:
-                    dz = torch.ops.aten.threshold_backward(dh, inputs[layer], 0)
+                    dz = torch.ops.aten.threshold_backward(dh, a, 0)
 
     @torch.no_grad()
     def _forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

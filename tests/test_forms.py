@@ -25,9 +25,10 @@ def _setup(seed: int = 0):
 
 def _run(model, enn, batches, form: str, strength, every: int = 1, clip: float | None = None,
          optim: str = "sgd"):
-    gi = GradInstructor(model, enn, strength=strength, total_steps=len(batches), every=every)
     opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if optim == "sgd"
            else torch.optim.Adam(model.parameters(), lr=0.01))
+    gi = GradInstructor(model, enn, strength=strength, total_steps=len(batches), every=every,
+                        optimizer=opt)
     strengths = []
     for x, y in batches:
         opt.zero_grad()
@@ -44,7 +45,8 @@ def _run(model, enn, batches, form: str, strength, every: int = 1, clip: float |
     return model, strengths
 
 
-@pytest.mark.parametrize("every,clip,optim", [(1, None, "sgd"), (3, 0.5, "adam")])
+@pytest.mark.parametrize("every,clip,optim", [(1, None, "sgd"), (3, 0.5, "adam"),
+                                              (3, None, "sgd")])
 def test_loss_form_and_gradient_form_give_the_same_weights(every, clip, optim):
     model, enn, batches = _setup()
     schedule = lambda progress: 5.0 * (1.0 - progress)  # noqa: E731
@@ -68,7 +70,7 @@ def test_add_gradient_adds_exactly_minus_strength_times_enn_gradient():
     task_grads = [w.grad.clone() for w in weights]
     score = enn.score(model, 0.0)
     enn_grads = torch.autograd.grad(score, weights)
-    gi = GradInstructor(model, enn, strength=2.5, total_steps=10)
+    gi = GradInstructor(model, enn, strength=2.5, total_steps=10, every=1)
     assert gi.add_gradient() == 2.5
     assert gi.step == 1 and abs(gi.last_score - float(score.detach())) < 1e-6
     for w, t, g in zip(weights, task_grads, enn_grads):

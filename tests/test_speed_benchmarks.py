@@ -23,7 +23,8 @@ def test_enn_overhead_smoke_run_reports_both_step_times_and_accuracies(tmp_path)
                       "--epochs", "1", "--ks", "1", "--every", "5", cwd=tmp_path)
     assert lines[0].startswith("settings: ") and "torch threads 1" in lines[0]
     for key in ("plain_us", "augmented_us", "ratio", "acc_plain", "acc_every_1",
-                "acc_default", "ratio_by_k", "load_average"):
+                "acc_default", "ratio_by_k", "spread_ratio", "acc_spread",
+                "gradient_form_ratio", "acc_default_minus_every_1", "load_average"):
         assert key in out, key
     assert out["every"] == 5 and set(out["ratio_by_k"]) == {"1", "5"}
     assert abs(out["ratio"] - out["augmented_us"] / out["plain_us"]) < 1e-2

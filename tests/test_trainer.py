@@ -86,7 +86,7 @@ def test_every_k_reuses_the_gradient_of_the_step_it_was_computed_at(tiny_mlp, ti
     model = tiny_mlp.double()
     strength, every, total_steps = 3.0, 3, 7
     instructor = GradInstructor(model, tiny_enn, strength=strength, total_steps=total_steps,
-                                every=every)
+                                every=every, spread=True)
 
     reused = None
     for step in range(total_steps):
@@ -100,6 +100,69 @@ def test_every_k_reuses_the_gradient_of_the_step_it_was_computed_at(tiny_mlp, ti
             torch.testing.assert_close(diff, -strength * g_reused, rtol=1e-12, atol=1e-12)
             if step % every:  # the weights have moved: the fresh gradient is another one
                 assert not torch.allclose(g_reused, g_fresh, rtol=1e-6, atol=1e-9)
+
+
+def test_lumped_every_k_applies_k_steps_worth_where_it_computes_and_nothing_between(
+        tiny_mlp, tiny_enn, batch):
+    model = tiny_mlp.double()
+    strength, every, total_steps = 3.0, 3, 7
+    instructor = GradInstructor(model, tiny_enn, strength=strength, total_steps=total_steps,
+                                every=every)  # spread=None, no optimizer: lumped
+    assert instructor.spread is False
+    # computed at steps 0, 3 and 6; the last window has one step left, so it counts once
+    times = {0: 3, 3: 3, 6: 1}
+    for step in range(total_steps):
+        fresh = _enn_grad(tiny_enn, model, progress=step / total_steps)
+        plain, wrapped = _wrapped_step(model, instructor, batch)
+        for diff, g in zip(_weight_diffs(model, plain, wrapped), fresh, strict=True):
+            expected = -strength * times.get(step, 0) * g
+            torch.testing.assert_close(diff, expected, rtol=1e-12, atol=1e-12)
+        assert instructor.last_strength == strength
+
+
+def test_lumped_and_spread_move_plain_sgd_weights_equally_over_a_window(tiny_mlp, tiny_enn):
+    """With only the ENN term (no task loss), k spread steps of g = one lumped step of k g."""
+    import copy
+
+    every = 4
+    ends = {}
+    for spread in (False, True):
+        model = copy.deepcopy(tiny_mlp).double()
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+        gi = GradInstructor(model, tiny_enn, strength=2.0, total_steps=8, every=every,
+                            spread=spread)
+        for step in range(every):
+            optimizer.zero_grad()
+            gi(sum(0.0 * p.sum() for p in model.parameters())).backward()
+            optimizer.step()
+            if step == 0 and not spread:  # the whole window's push at its first step
+                first = [w.detach().clone() for w in weight_parameters(model)]
+        ends[spread] = [w.detach().clone() for w in weight_parameters(model)]
+    for lumped, spread, after_first in zip(ends[False], ends[True], first, strict=True):
+        torch.testing.assert_close(lumped, spread, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(lumped, after_first, rtol=0, atol=0)
+    moved = max(float((a - w.detach()).abs().max())
+                for a, w in zip(ends[False], weight_parameters(tiny_mlp)))
+    assert moved > 1e-6
+
+
+def test_spread_is_chosen_from_the_optimizer(tiny_mlp, tiny_enn):
+    params = tiny_mlp.parameters
+
+    def spread(**kwargs) -> bool:
+        return GradInstructor(tiny_mlp, tiny_enn, total_steps=10, **kwargs).spread
+
+    assert spread() is False
+    assert spread(optimizer=torch.optim.SGD(params(), lr=0.1, momentum=0.9)) is False
+    assert spread(optimizer=torch.optim.Adam(params())) is True
+    assert spread(optimizer=torch.optim.RMSprop(params())) is True
+    assert spread(optimizer=torch.optim.Adam(params()), spread=False) is False
+    with pytest.raises(TypeError, match="spread must be True, False or None, but got 'yes'"):
+        spread(spread="yes")
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        spread(optimizer="adam")
+    with pytest.raises(ValueError, match="every must be a positive integer, but got True"):
+        spread(every=True)
 
 
 def test_strength_zero_changes_nothing(tiny_mlp, tiny_enn, batch):
@@ -119,7 +182,7 @@ def test_a_callable_schedule_gets_the_progress_of_each_step(tiny_mlp, tiny_enn, 
         seen.append(progress)
         return 1.0 + 4.0 * progress
 
-    instructor = GradInstructor(tiny_mlp, tiny_enn, strength=schedule, total_steps=4)
+    instructor = GradInstructor(tiny_mlp, tiny_enn, strength=schedule, total_steps=4, every=1)
     model = tiny_mlp.double()
 
     for step in range(4):
