@@ -20,7 +20,7 @@ with the ENN term, ReLU units that sit at 0 within rounding can flip and amplify
 so it is reported, not required to be 0) and the largest reward difference (the
 final validation accuracies: the per-network results).
 
-    python benchmarks/env_throughput.py           # N = 16, about 1 minute
+    python benchmarks/env_throughput.py           # N = 16, about 40 seconds
 
 The last line printed is JSON with ``digits_ratio``, ``mnist5k_ratio`` and the
 steps per second behind them.
@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="digits,mnist5k")
     parser.add_argument("--n-envs", type=int, default=16)
-    parser.add_argument("--segments", type=int, default=10,
-                        help="transitions timed per task (default: 10, one whole episode)")
+    parser.add_argument("--segments", type=int, default=30,
+                        help="transitions timed on digits (default: 30, three whole episodes; "
+                             "one takes under a second, too short to time on a shared machine)")
     parser.add_argument("--mnist5k-segments", type=int, default=10,
                         help="transitions timed on mnist5k (default: 10, one whole episode)")
     parser.add_argument("--enn-every", type=int, default=DEFAULT_ENN_EVERY)

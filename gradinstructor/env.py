@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -183,9 +184,13 @@ class TargetTrainingEnv(gym.Env):
             self.batches_used += 1
             loss = F.cross_entropy(self.model(data.train_x[idx]), data.train_y[idx])
             total = self.instructor(loss)
-            if not torch.isfinite(total):
+            # the task's loss is checked and recorded (the ENN term's value, a linear
+            # surrogate, means nothing by itself); non-finite weights are caught at the
+            # end of the segment
+            value = float(loss.detach())
+            if not math.isfinite(value):
                 return False
-            self.last_finite_loss = float(total.detach())
+            self.last_finite_loss = value
             self.optimizer.zero_grad()
             total.backward()
             self.optimizer.step()

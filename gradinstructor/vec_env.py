@@ -131,6 +131,11 @@ class PopulationVecEnv(VecEnv):
         self._has_grads = np.zeros(n_envs, dtype=bool)
         self._diverged_step = np.zeros(n_envs, dtype=np.int64)
         self._actions: np.ndarray | None = None
+        # per-segment constants of _sgd_step (see _step_scales), and a cached -1 tensor
+        self._segment_key = 0
+        self._scales_key: tuple | None = None
+        self._scales: tuple = ()
+        self._minus_ones = torch.zeros(0)
         super().__init__(n_envs, proto.observation_space, proto.action_space)
         for i in range(n_envs):
             self.reset_infos[i] = self._new_episode(i)
@@ -288,6 +293,7 @@ class PopulationVecEnv(VecEnv):
         n = self.num_envs
         remaining = np.asarray(steps)
         diverged = np.zeros(n, dtype=bool)
+        self._segment_key += 1  # new strengths (and, after resets, learning rates)
         for it in range(int(remaining.max(initial=0))):
             active = (remaining > it) & ~diverged
             if not active.any():
@@ -355,8 +361,9 @@ class PopulationVecEnv(VecEnv):
         """One minibatch step of networks ``ids`` (None: all); True where the loss was finite.
 
         The same arithmetic as ``TargetTrainingEnv``'s step: cross-entropy on the
-        network's own minibatch, minus ``strength * sum(g * w)`` with the ENN
-        gradient g recomputed every ``enn_every`` steps, then SGD.
+        network's own minibatch, its gradient, plus the ENN term ``strength * g``
+        with g recomputed every ``enn_every`` steps, then SGD. As there, the loss
+        checked and recorded is the task's cross-entropy.
         """
         sel = np.arange(self.num_envs) if ids is None else ids.numpy()
         data = self.task.data
@@ -373,13 +380,9 @@ class PopulationVecEnv(VecEnv):
             self._enn_gradient(sel[need])
         self._last_strength[sel] = strength
         self._step[sel] += 1
-        with_term = bool((strength != 0).any())
 
         weights = self.weights if ids is None else [w[ids] for w in self.weights]
         biases = self.biases if ids is None else [b[ids] for b in self.biases]
-        grads_enn = None
-        if with_term:
-            grads_enn = self.enn_grads if ids is None else [g[ids] for g in self.enn_grads]
 
         # feature-major (m, features, B) throughout: 15-25% faster than (m, B, features)
         # for these small products (benchmarks/env_throughput.py)
@@ -391,39 +394,56 @@ class PopulationVecEnv(VecEnv):
         else:
             count = mask.sum(dim=1)
             loss = (nll * mask).sum(dim=1) / count
-        total = loss
-        strength_t = torch.from_numpy(strength).float()
-        if with_term:
-            m = len(sel)
-            # one fused dot product per network and layer (a (1 x n) @ (n x 1) bmm is 4x slower)
-            surrogate = sum(torch.linalg.vecdot(g.view(m, -1), w.view(m, -1))
-                            for g, w in zip(grads_enn, weights))
-            total = torch.where(strength_t != 0, loss - strength_t * surrogate, loss)
-        finite = torch.isfinite(total)
-        finite_np = finite.numpy()
-        values = total.tolist()
+        values = loss.tolist()
+        finite_np = np.isfinite(values)
         for row in np.flatnonzero(finite_np):
             self.last_finite_loss[sel[row]] = values[row]
 
         # backward by hand, with the learning rate and 1/batch folded into dLoss/dlogits:
         # every gradient is linear in it, so each product below is already lr * gradient
-        lr = self._lr_tensor(sel)
-        if not finite_np.all():
-            lr = torch.where(finite, lr, torch.zeros(()))  # a non-finite loss takes no step
-        if mask is None:
-            scale = lr / y.shape[1]
-        else:
-            scale = lr / count
+        scale, term_scale = self._step_scales(sel, ids, finite_np, mask)
         dz = log_probs.exp_()  # softmax, in place: log_probs is not needed any more
-        dz.scatter_add_(1, y.unsqueeze(1), torch.full((y.shape[0], 1, y.shape[1]), -1.0))
-        dz.mul_(scale[:, None, None])
+        dz.scatter_add_(1, y.unsqueeze(1), self._minus_one(y.shape))
+        # 1/B: the minibatch's size (the last of an epoch is smaller), or each row's count
+        dz.mul_(scale / (y.shape[1] if mask is None else count[:, None, None]))
         if mask is not None:
             dz.mul_(mask.unsqueeze(1))
         if not finite_np.all():  # never let a NaN step touch a network that stops here
-            dz = torch.where(finite[:, None, None], dz, torch.zeros(()))
-        term = (lr * strength_t, grads_enn) if with_term else None
+            dz = torch.where(torch.from_numpy(finite_np)[:, None, None], dz, torch.zeros(()))
+        term = None
+        if term_scale is not None:
+            grads_enn = self.enn_grads if ids is None else [g[ids] for g in self.enn_grads]
+            term = (term_scale, grads_enn)
         self._backward_update(ids, dz, inputs, weights, biases, term)
         return finite_np
+
+    def _step_scales(self, sel: np.ndarray, ids: torch.Tensor | None, finite: np.ndarray,
+                     mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(lr, lr * strength) per network as (m, 1, 1); None for no ENN term.
+
+        The learning rates and strengths are fixed for a segment, so they are built once
+        per segment and set of networks (a network whose loss is not finite takes no step).
+        """
+        key = (None if ids is None else tuple(sel.tolist()), self._segment_key)
+        if self._scales_key != key:
+            lr = self._lr_tensor(sel)
+            strength = torch.from_numpy(self._strength[sel]).float()
+            term = (lr * strength)[:, None, None] if bool((strength != 0).any()) else None
+            self._scales = (lr[:, None, None], term)
+            self._scales_key = key
+        lr, term = self._scales
+        if not finite.all():
+            keep = torch.from_numpy(finite).float()[:, None, None]
+            lr = lr * keep
+            term = term * keep if term is not None else None
+        return lr, term
+
+    def _minus_one(self, shape: torch.Size) -> torch.Tensor:
+        """A cached (m, 1, B) tensor of -1 (the one-hot subtracted from the softmax)."""
+        shape = (shape[0], 1, shape[1])
+        if self._minus_ones.shape != shape:
+            self._minus_ones = torch.full(shape, -1.0)
+        return self._minus_ones
 
     def _lr_tensor(self, sel: np.ndarray) -> torch.Tensor:
         return torch.tensor([self.lr[i] for i in sel], dtype=torch.float32)
@@ -451,7 +471,7 @@ class PopulationVecEnv(VecEnv):
                          weights: list, biases: list, term: tuple | None) -> None:
         """Backpropagate ``dz`` (lr times dLoss/dlogits, (m, classes, B)) and step ``ids``.
 
-        ``term`` is (lr * strength, ENN gradients) when some network has a non-zero
+        ``term`` is (lr * strength as (m, 1, 1), ENN gradients) when some network has a non-zero
         strength: its weights also move by ``+lr * strength * g``.
         """
         for layer in range(len(weights) - 1, -1, -1):
@@ -464,12 +484,12 @@ class PopulationVecEnv(VecEnv):
             if ids is None:  # in place: W <- W - dz a^T (+ lr * strength * g)
                 w.baddbmm_(dz, a.transpose(1, 2), alpha=-1.0)
                 if term is not None:
-                    w.addcmul_(term[1][layer], term[0][:, None, None])
+                    w.addcmul_(term[1][layer], term[0])
                 b.sub_(step_b)
             else:
                 new_w = torch.baddbmm(w, dz, a.transpose(1, 2), alpha=-1.0)
                 if term is not None:
-                    new_w.addcmul_(term[1][layer], term[0][:, None, None])
+                    new_w.addcmul_(term[1][layer], term[0])
                 self.weights[layer].index_put_((ids,), new_w)
                 self.biases[layer].index_put_((ids,), b - step_b)
             if dh is not None:
