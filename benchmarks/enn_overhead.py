@@ -41,6 +41,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from gradinstructor.device import resolve_device
 from gradinstructor.enn import ENN, ENNConfig
 from gradinstructor.render import layer_shapes
 from gradinstructor.tasks import Task, load_task
@@ -49,9 +50,16 @@ from gradinstructor.trainer import DEFAULT_ENN_EVERY, GradInstructor, batch_orde
 
 def _enn(task: Task, path: str | None) -> ENN:
     if path:
-        return ENN.load(path)
+        return ENN.load(path, map_location=task.device)
     torch.manual_seed(0)  # an untrained, seeded ENN: the cost does not depend on training
-    return ENN(ENNConfig(layer_shapes=layer_shapes(task.build_model(seed=0))))
+    config = ENNConfig(layer_shapes=layer_shapes(task.build_model(seed=0)))
+    return ENN(config).to(task.device)
+
+
+def _sync(task: Task) -> None:
+    """Wait for the GPU's queued work, so that a timer reads finished steps."""
+    if task.device.type == "cuda":
+        torch.cuda.synchronize(task.device)
 
 
 # A variant: (k, form, spread); form is "loss" (gi(loss)) or "grad" (gi.add_gradient()).
@@ -74,6 +82,7 @@ def time_steps(task: Task, enn: ENN, variants: list[Variant], strength: float, r
             k, form, spread = variant
             gi = GradInstructor(model, enn, strength=strength, total_steps=task.total_steps,
                                 every=k, spread=spread)
+        _sync(task)
         start = time.perf_counter()
         for idx in batches:
             loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
@@ -84,6 +93,7 @@ def time_steps(task: Task, enn: ENN, variants: list[Variant], strength: float, r
             if form == "grad":
                 gi.add_gradient()
             optimizer.step()
+        _sync(task)
         return (time.perf_counter() - start) / len(batches) * 1e6
 
     everything = [None, *variants]
@@ -127,16 +137,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of the accuracy check (default: the task's)")
     parser.add_argument("--enn", default=None, help="ENN checkpoint (default: untrained)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default) or cuda: where the network, the data and the ENN "
+                             "run")
     args = parser.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        parser.error(f"--device: {err}")
     torch.set_num_threads(args.threads)
     print(f"settings: {vars(args)}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()}", flush=True)
     start = time.perf_counter()
-    task = load_task(args.task)
+    task = load_task(args.task, device=args.device)
     if args.epochs is not None:
         import dataclasses
 
-        task = Task(config=dataclasses.replace(task.config, epochs=args.epochs), data=task.data)
+        config = dataclasses.replace(task.config, epochs=args.epochs)
+        task = dataclasses.replace(task, config=config)
     enn = _enn(task, args.enn)
     k = args.every
     others = sorted({int(v) for v in args.ks.split(",") if v} - {k})
@@ -168,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     lumped_by_k = {str(o): round(times[(o, "loss", False)] / plain, 4) for o in others}
     lumped_by_k[str(k)] = round(times[default] / plain, 4)
     result = {
-        "task": args.task, "threads": torch.get_num_threads(), "every": k,
+        "task": args.task, "device": str(task.device), "threads": torch.get_num_threads(),
+        "every": k,
         "strength": args.strength, "enn": args.enn or "untrained (seed 0)",
         "plain_us": round(plain, 1), "augmented_us": round(times[default], 1),
         "ratio": round(times[default] / plain, 4),

@@ -57,7 +57,7 @@ def _weight_difference(dummy, population) -> float:
 
 
 def measure(task_name: str, n_envs: int, segments: int, enn_every: int, seed: int) -> dict:
-    task = load_task(task_name)
+    task = load_task(task_name, device="cpu")  # a CPU measurement on any machine
     agent = load_agent_config("ppo", n_envs=n_envs)
     config = ENNConfig(layer_shapes=layer_shapes(task.build_model(seed=0)))
     torch.manual_seed(seed)

@@ -38,7 +38,7 @@ def _time(fn, repeats: int) -> float:
 
 
 def measure(task_name: str, threads: int, repeats: int) -> dict:
-    task = load_task(task_name)
+    task = load_task(task_name, device="cpu")  # a CPU measurement on any machine
     model = task.build_model(seed=0)
     torch.manual_seed(0)
     enn = ENN(ENNConfig(layer_shapes=layer_shapes(model)))

@@ -1,7 +1,9 @@
 """Command line: ``gradinstructor train-enn | compare | explain | zoo | info | report | demo |
 sweep``.
 
-Run ``gradinstructor COMMAND --help`` for each command's options.
+Run ``gradinstructor COMMAND --help`` for each command's options. Every command that trains
+or evaluates networks (train-enn, compare, explain, zoo, demo, sweep) takes ``--device
+auto|cpu|cuda`` (default auto: CUDA when available, as in stable-baselines3).
 """
 
 from __future__ import annotations
@@ -75,10 +77,14 @@ def _device(text: str) -> str:
     return text
 
 
-def _device_option(p: argparse.ArgumentParser) -> None:
+def _device_option(p: argparse.ArgumentParser,
+                   what: str = "the target networks, the ENN and the agent",
+                   note: str = "") -> None:
+    """Add ``--device`` to a command that trains or evaluates networks (checked at parse)."""
     p.add_argument("--device", type=_device, default="auto",
-                   help="where the target networks, the ENN and the agent run: auto (CUDA "
-                        "when available, else the CPU; default), cpu or cuda")
+                   help=f"where {what} run: auto (CUDA when available, else the CPU, as in "
+                        "stable-baselines3; default), cpu or cuda (cuda:N for one GPU of "
+                        f"several); refused at once if this machine cannot use it{note}")
 
 
 def _common(p: argparse.ArgumentParser, task: bool = True) -> None:
@@ -162,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=_positive_int, default=5,
                    help="random masks per criterion in the --prune check, at least 2; up "
                         "to 3 of them are also trained (default: 5)")
+    _device_option(p, "the target network, the ENN, Grad-CAM and the --prune check")
 
     p = sub.add_parser("zoo", help="train a zoo of target networks and rank them",
                        description="Train target networks with drawn seeds, init schemes and "
@@ -177,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ENN checkpoint to rank with (default: RUN/enn.pt if it exists)")
     p.add_argument("--reuse", action="store_true",
                    help="rank the zoo already in RUN/zoo.pt instead of training a new one")
+    _device_option(p, "the zoo's networks and the ENNs that rank them",
+                   "; RUN/zoo.pt is saved on the CPU and loads on any device")
 
     p = sub.add_parser("info", help="what an ENN checkpoint was trained on",
                        description="Print an ENN checkpoint's task, layer shapes, ratio, "
@@ -199,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracker", choices=["wandb", "none"], default="wandb",
                    help="wandb (offline unless logged in; default) or none")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _device_option(p, "all stages (target networks, ENN, agent, Grad-CAM)")
 
     from gradinstructor.search.command import add_sweep_parser
 
@@ -206,11 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_enn(args) -> object:
+def _load_enn(args, device) -> object:
+    """The ENN of ``--enn`` (default RUN/enn.pt), on ``device`` (the task's)."""
     from gradinstructor.enn import ENN
 
     path = args.enn or args.out / "enn.pt"
-    return ENN.load(path)
+    return ENN.load(path, map_location=device)
 
 
 def _zoo(args, task, progress: bool) -> None:
@@ -222,7 +233,8 @@ def _zoo(args, task, progress: bool) -> None:
 
     path = args.out / "zoo.pt"
     enn_path = args.enn or (args.out / "enn.pt" if (args.out / "enn.pt").is_file() else None)
-    enn = ENN.load(enn_path) if enn_path else None  # fail before training on a bad checkpoint
+    # fail before training on a bad checkpoint; the ENN goes to the task's device
+    enn = ENN.load(enn_path, map_location=task.device) if enn_path else None
     if enn is not None:
         enn.check_model(task.build_model(seed=0))
     seed_everything(args.seed)
@@ -312,14 +324,14 @@ def _run(args) -> int:
         return 0
     if args.command == "demo":
         pipeline.demo(args.out, quick=args.quick, seed=args.seed, tracker_kind=args.tracker,
-                      progress_bar=progress)
+                      progress_bar=progress, device=args.device)
         return 0
 
     from gradinstructor.tasks import load_task
 
     _check_run_options(args)
-    task = load_task(args.task, data_dir=args.data_dir,
-                     device=getattr(args, "device", "cpu"))  # train-enn, compare: --device
+    # train-enn, compare, explain, zoo: every one has --device (default auto)
+    task = load_task(args.task, data_dir=args.data_dir, device=args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     tracker = make_tracker(args.tracker, directory=args.out, name=args.command,
                            config={k: str(v) for k, v in vars(args).items()})
@@ -336,7 +348,7 @@ def _run(args) -> int:
             from gradinstructor.compare import ENN_METHODS, format_table
 
             needs_enn = any(m in ENN_METHODS for m in args.methods)
-            enn = _load_enn(args) if needs_enn else None
+            enn = _load_enn(args, task.device) if needs_enn else None
             strength = None if args.strength == "actor" else args.strength
             results = pipeline.stage_compare(task, args.out, enn, seeds=list(range(args.seeds)),
                                              methods=args.methods, strength=strength,
@@ -347,7 +359,8 @@ def _run(args) -> int:
         elif args.command == "zoo":
             _zoo(args, task, progress)
         elif args.command == "explain":
-            paths = pipeline.stage_explain(task, args.out, _load_enn(args), seed=args.seed,
+            paths = pipeline.stage_explain(task, args.out, _load_enn(args, task.device),
+                                           seed=args.seed,
                                            layer=args.layer, tracker=tracker,
                                            prune=args.prune, draws=args.draws)
             if args.prune:

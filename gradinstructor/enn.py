@@ -465,9 +465,11 @@ class ENN(nn.Module):
             "format_version": 1 if plain else FORMAT_VERSION,
             "version": __version__,
             "config": _config_dict(self.config, plain),
-            "state_dict": self.state_dict(),
+            # CPU tensors, wherever the ENN runs: the file loads on any machine, even with
+            # a plain torch.load and no map_location
+            "state_dict": cpu_tensors(self.state_dict()),
             "metadata": self.metadata,
-            "actor": self.actor_payload,
+            "actor": cpu_tensors(self.actor_payload),
         }
         return atomic_torch_save(payload, path)
 
@@ -475,12 +477,18 @@ class ENN(nn.Module):
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ENN:
         """Load an ENN written by :meth:`save`; never executes code from the file.
 
+        Args:
+            path: the checkpoint.
+            map_location: as for ``torch.load`` (default the CPU); when it is a device
+                (``"cuda"``, a ``torch.device``) the returned ENN lives there too.
+
         Raises:
             CheckpointError: the file is missing, is not an ENN checkpoint, holds
                 anything but tensors and plain data, was written in a newer or an
                 unknown format version, or is damaged.
         """
         payload = load_payload(path, "gradinstructor-enn", map_location)
+        device = map_location if isinstance(map_location, (str, torch.device)) else None
         try:
             config = dict(payload["config"])
             config["layer_shapes"] = [tuple(s) for s in config["layer_shapes"]]
@@ -488,6 +496,8 @@ class ENN(nn.Module):
                 config.pop("any_width", None)
                 config.pop("layer_kinds", None)
             enn = cls(ENNConfig(**config))
+            if device is not None:  # built on the CPU, filled where the tensors were mapped
+                enn = enn.to(device)
             enn.load_state_dict(payload["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(
@@ -504,6 +514,21 @@ def _config_dict(config: ENNConfig, plain: bool) -> dict:
         out.pop("any_width")
         out.pop("layer_kinds")
     return out
+
+
+def cpu_tensors(value: Any) -> Any:
+    """``value`` with every tensor in it (through dicts, lists and tuples) on the CPU.
+
+    For what is saved: a file of CPU tensors loads on any machine. Tensors already on
+    the CPU are kept as they are (not copied).
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: cpu_tensors(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(cpu_tensors(v) for v in value)
+    return value
 
 
 def atomic_torch_save(payload: Any, path: str | os.PathLike) -> Path:

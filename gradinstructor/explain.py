@@ -128,14 +128,40 @@ def gradcam(enn: ENN, model: nn.Module, progress: float = 1.0,
     """Grad-CAM of the ENN's score for every weight matrix of ``model``.
 
     Args:
-        enn: the ENN to explain.
-        model: the target network (its shapes must match the ENN's).
+        enn: the ENN to explain; it follows ``model`` to its device (moved in place, as
+            :class:`~gradinstructor.trainer.GradInstructor` does).
+        model: the target network (its shapes must match the ENN's), on any device.
         progress: the training progress fed to the ENN.
         layer: ENN layer name (see :func:`conv_layer_names`); default the last conv.
 
     Returns:
         One :class:`LayerMap` per weight matrix, relevance >= 0 (ReLU'd Grad-CAM);
-        ``relevance`` has the weight matrix's shape (out, in).
+        ``relevance`` has the weight matrix's shape (out, in). The arrays are NumPy
+        copies on the CPU, whatever the device.
+
+    Raises:
+        ValueError: unknown ``layer``.
+        CheckpointError: ``model`` does not have the layer shapes the ENN reads.
+    """
+    # copies: a view would change with the model (gradcam_series reloads one probe)
+    return [LayerMap(index=i, weight=weight.cpu().numpy().copy(),
+                     relevance=relevance.cpu().numpy(), image_relevance=cam.cpu().numpy())
+            for i, (weight, relevance, cam) in enumerate(gradcam_tensors(enn, model, progress,
+                                                                         layer))]
+
+
+def gradcam_tensors(enn: ENN, model: nn.Module, progress: float = 1.0,
+                    layer: str | None = None
+                    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """What :func:`gradcam` computes, as detached tensors on ``model``'s device.
+
+    Args:
+        as :func:`gradcam`; the ENN is moved (in place) to ``model``'s device.
+
+    Returns:
+        Per weight matrix: ``(weight, relevance, image_relevance)``, the weight matrix
+        (out, in) (a view of the model's), Grad-CAM interpolated to its shape, and
+        Grad-CAM at the image's resolution (H, W).
 
     Raises:
         ValueError: unknown ``layer``.
@@ -143,12 +169,13 @@ def gradcam(enn: ENN, model: nn.Module, progress: float = 1.0,
     """
     enn.check_model(model)
     target_layer = resolve_layer(enn, layer)
-    enn = enn.eval()
     with torch.no_grad():
         images = [img[None] for img in render_weights(model, enn.config.ratio)]
+        enn = enn.to(images[0].device).eval()  # a no-op when they agree
         fixed = [enn.layer_features(img, i) for i, img in enumerate(images)]
-    progress_t = torch.tensor([progress], dtype=torch.float32)
-    maps = []
+    # the ENN's head joins the progress to features on the images' device
+    progress_t = torch.tensor([progress], dtype=torch.float32, device=images[0].device)
+    out = []
     for i, (image, weight) in enumerate(zip(images, weight_matrices(model), strict=True)):
         def forward(img, i=i):
             features = list(fixed)
@@ -159,11 +186,8 @@ def gradcam(enn: ENN, model: nn.Module, progress: float = 1.0,
         cam = LayerGradCam(forward, target_layer).attribute(image, relu_attributions=True)
         # (1, 1, H, W) -> (1, 1, out, in); the trunk keeps the image's size (padding 1)
         full = LayerAttribution.interpolate(cam, tuple(weight.shape), interpolate_mode="nearest")
-        # a copy: a view would change with the model (gradcam_series reloads one probe)
-        maps.append(LayerMap(index=i, weight=weight.detach().cpu().numpy().copy(),
-                             relevance=full[0, 0].detach().cpu().numpy(),
-                             image_relevance=cam[0, 0].detach().cpu().numpy()))
-    return maps
+        out.append((weight.detach(), full[0, 0].detach(), cam[0, 0].detach()))
+    return out
 
 
 # --------------------------------------------------------------------------- over training
@@ -234,6 +258,7 @@ def train_with_snapshots(task: Task, model: nn.Module, enn: ENN, seed: int,
     """
     instructor = SnapshotInstructor(model, enn, strength=strength, total_steps=task.total_steps,
                                     segments=task.config.segments, every=every,
+                                    spread=task.config.optimizer != "sgd",
                                     fractions=fractions)
     result = fit_target(task, model, seed, instructor=instructor, method="enn")
     return instructor.finish(), result
@@ -261,8 +286,9 @@ def gradcam_series(enn: ENN, model: nn.Module, snapshots: Sequence[Snapshot],
 
 
 def enn_scores(enn: ENN, model: nn.Module, snapshots: Sequence[Snapshot]) -> list[float]:
-    """The ENN's score of each snapshot at its progress."""
+    """The ENN's score of each snapshot at its progress (the ENN follows ``model``'s device)."""
     probe = copy.deepcopy(model)
+    enn = enn.to(weight_matrices(probe)[0].device)
     scores = []
     with torch.no_grad():
         for snap in snapshots:

@@ -36,12 +36,10 @@ from gradinstructor.config import load_agent_config
 from gradinstructor.enn import ENN
 from gradinstructor.tasks import Task, load_task
 from gradinstructor.tracking import NullTracker, Tracker
+from gradinstructor.trainer import DEFAULT_ENN_EVERY
 
 logger = logging.getLogger(__name__)
 
-# Recompute the ENN gradient every this many minibatch steps and reuse it in between:
-# the measured best trade-off of cost and effect (benchmarks/enn_overhead.py, README).
-DEFAULT_ENN_EVERY = 50
 # The agent's state is written every this many rollouts: a write takes milliseconds,
 # a rollout seconds to minutes, so every rollout costs nothing noticeable.
 DEFAULT_SAVE_EVERY = 1
@@ -217,7 +215,7 @@ def stage_explain(task: Task, run_dir: Path, enn: ENN, seed: int = 0,
     Args:
         task: the task.
         run_dir: the run folder.
-        enn: the ENN to explain.
+        enn: the ENN to explain; it is moved (in place) to the task's device.
         seed: initialisation and minibatch order of the explained network.
         layer: ENN layer for Grad-CAM; default its last convolution.
         tracker: gets each layer's image at each snapshot, the ENN score and the
@@ -245,6 +243,7 @@ def stage_explain(task: Task, run_dir: Path, enn: ENN, seed: int = 0,
 
     tracker = tracker or NullTracker()
     name = layer_name(enn, layer)  # fail before training on a bad layer name
+    enn = enn.to(task.device)  # Grad-CAM and the prune check run where the task's networks do
     draws = prune_mod.DEFAULT_DRAWS if draws is None else draws
     if prune and (not isinstance(draws, int) or draws < 2):
         raise ValueError(f"draws must be an integer of at least 2 (mean and std need two), "
@@ -318,19 +317,26 @@ DEMO_QUICK = DemoBudget(timesteps=80, seeds=2)
 
 def demo(run_dir: Path, quick: bool = False, task_name: str = "mnist5k", seed: int = 0,
          tracker_kind: str = "wandb", progress_bar: bool = True,
-         echo=print) -> dict:
-    """Train an ENN by RL, compare the methods, explain the ENN, write the report."""
+         echo=print, device: str | torch.device = "auto") -> dict:
+    """Train an ENN by RL, compare the methods, explain the ENN, write the report.
+
+    ``device`` (auto, cpu or cuda; auto is CUDA when available) is where every stage
+    runs; one this machine cannot use raises ValueError before anything is written.
+    """
+    from gradinstructor.device import resolve_device
     from gradinstructor.tracking import make_tracker
 
+    device = resolve_device(device)  # before the run folder is made
     budget = DEMO_QUICK if quick else DEMO_FULL
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    task = load_task(task_name)
+    task = load_task(task_name, device=device)
     if quick:
         task = shrink_task(task)
     tracker = make_tracker(tracker_kind, directory=run_dir, name=run_dir.name,
                            config={"task": task.name, "quick": quick, "seed": seed,
-                                   "timesteps": budget.timesteps, "seeds": budget.seeds})
+                                   "timesteps": budget.timesteps, "seeds": budget.seeds,
+                                   "device": str(task.device)})
     try:
         echo(f"[1/4] training the ENN by RL on {task.name} ({budget.timesteps} segments)")
         enn = stage_train_enn(task, run_dir, timesteps=budget.timesteps, seed=seed,

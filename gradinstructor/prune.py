@@ -94,12 +94,14 @@ def top_mask(scores: torch.Tensor, sparsity: float, seed: int | None = None) -> 
             them by position (first kept first).
 
     Returns:
-        A boolean mask of ``scores``' shape.
+        A boolean mask of ``scores``' shape, on ``scores``' device. The ranking is done
+        on the CPU (the tie-breaking draw comes from a CPU generator), so a mask is the
+        same whatever the device.
 
     Raises:
         ValueError: ``sparsity`` outside [0, 1).
     """
-    flat = scores.detach().reshape(-1).float()
+    flat = scores.detach().reshape(-1).float().cpu()
     keep = n_kept(flat.numel(), sparsity)
     if seed is None:
         order = torch.arange(flat.numel())
@@ -109,38 +111,51 @@ def top_mask(scores: torch.Tensor, sparsity: float, seed: int | None = None) -> 
     ranked = torch.sort(flat[order], descending=True, stable=True).indices
     mask = torch.zeros(flat.numel(), dtype=torch.bool)
     mask[order[ranked[:keep]]] = True
-    return mask.reshape(scores.shape)
+    return mask.reshape(scores.shape).to(scores.device)
 
 
 def magnitude_masks(weights: Sequence[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
-    """Per matrix, keep the weights of largest ``|w|``."""
+    """Per matrix, keep the weights of largest ``|w|`` (each mask on its weight's device)."""
     return [top_mask(w.abs(), sparsity) for w in weights]
 
 
 def random_masks(weights: Sequence[torch.Tensor], sparsity: float,
                  seed: int) -> list[torch.Tensor]:
-    """Per matrix, keep a uniform draw of the weights (seeded; layer ``l`` uses seed+l)."""
+    """Per matrix, keep a uniform draw of the weights (seeded; layer ``l`` uses seed+l).
+
+    The draw is made on the CPU (the same masks on every device); each mask is put on
+    its weight's device.
+    """
     out = []
     for layer, w in enumerate(weights):
         noise = torch.rand(w.shape, generator=torch.Generator().manual_seed(seed * 1009 + layer))
-        out.append(top_mask(noise, sparsity))
+        out.append(top_mask(noise, sparsity).to(w.device))
     return out
 
 
 def gradcam_masks(relevances: Sequence[np.ndarray | torch.Tensor], sparsity: float,
-                  seed: int) -> list[torch.Tensor]:
-    """Per matrix, keep the weights of highest Grad-CAM relevance; ties broken from ``seed``."""
-    return [top_mask(torch.as_tensor(np.asarray(r)), sparsity, seed=seed * 1009 + layer)
-            for layer, r in enumerate(relevances)]
+                  seed: int, device: str | torch.device | None = None) -> list[torch.Tensor]:
+    """Per matrix, keep the weights of highest Grad-CAM relevance; ties broken from ``seed``.
+
+    The masks go to ``device``; by default a tensor relevance's own device, the CPU for
+    a NumPy one (:func:`make_masks` puts them on the weights' device).
+    """
+    masks = []
+    for layer, r in enumerate(relevances):
+        scores = r if isinstance(r, torch.Tensor) else torch.as_tensor(np.asarray(r))
+        mask = top_mask(scores, sparsity, seed=seed * 1009 + layer)
+        masks.append(mask if device is None else mask.to(device))
+    return masks
 
 
 def make_masks(criterion: str, weights: Sequence[torch.Tensor],
                relevances: Sequence[np.ndarray] | None, sparsity: float,
                seed: int = 0) -> list[torch.Tensor]:
-    """The masks of one criterion (see :data:`CRITERIA`).
+    """The masks of one criterion (see :data:`CRITERIA`), each on its weight's device.
 
     Raises:
-        ValueError: unknown ``criterion``, or ``gradcam`` without relevances.
+        ValueError: unknown ``criterion``, or ``gradcam`` without one relevance map per
+            weight matrix.
     """
     if criterion == "magnitude":
         return magnitude_masks(weights, sparsity)
@@ -149,7 +164,11 @@ def make_masks(criterion: str, weights: Sequence[torch.Tensor],
     if criterion == "gradcam":
         if relevances is None:
             raise ValueError("criterion 'gradcam' needs relevances (from explain.gradcam)")
-        return gradcam_masks(relevances, sparsity, seed)
+        if len(relevances) != len(weights):
+            raise ValueError(f"got {len(relevances)} relevance maps for {len(weights)} weight "
+                             "matrices; pass one map per weight matrix (explain.gradcam)")
+        masks = gradcam_masks(relevances, sparsity, seed)
+        return [m.to(w.device) for m, w in zip(masks, weights)]
     raise ValueError(f"unknown criterion {criterion!r}; valid criteria: {', '.join(CRITERIA)}")
 
 
@@ -163,7 +182,7 @@ def _check_masks(model: nn.Module, masks: Sequence[torch.Tensor]) -> list[torch.
         if mask.numel() != w.numel():
             raise ValueError(f"mask {i} has {mask.numel()} entries, but weight {i} has shape "
                              f"{tuple(w.shape)}; build masks from this model's weights")
-        out.append(mask.reshape(w.shape).to(w.dtype))
+        out.append(mask.reshape(w.shape).to(device=w.device, dtype=w.dtype))
     return out
 
 

@@ -279,14 +279,16 @@ def build_cnn(side: int, channels: list[int], kernel: int = 3, stride: int = 1,
 
 
 def load_task(name: str, data_dir: str | os.PathLike | None = None,
-              device: str | torch.device = "cpu") -> Task:
+              device: str | torch.device = "auto") -> Task:
     """Load a task by name (``tasks/NAME.yaml``) or by the path of a YAML file.
 
     Args:
         name: task name or path.
         data_dir: where torchvision data sets are stored.
-        device: auto, cpu or cuda: where the data and the target networks live
-            (the command line's ``--device``, whose default is auto).
+        device: auto (the default: CUDA when available, else the CPU, as in
+            stable-baselines3), cpu or cuda (``cuda:N``): where the data and the target
+            networks live; the command line's ``--device``. Pass ``"cpu"`` to keep a
+            task on the CPU on a machine with a GPU.
 
     Raises:
         SettingsError: unknown task name or invalid settings (lists the known tasks).

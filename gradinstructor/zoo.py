@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as scipy_stats
 
-from gradinstructor.enn import ENN, ENNConfig
+from gradinstructor.enn import ENN, ENNConfig, cpu_tensors
 from gradinstructor.render import layer_shapes, render_weights, weight_parameters
 from gradinstructor.tasks import Task
 from gradinstructor.trainer import accuracy, batch_order
@@ -48,8 +48,8 @@ ZOO_FORMAT = 1
 class Member:
     """One trained network of the zoo."""
 
-    weights: list[torch.Tensor]  # the weight matrices at the checkpoint
-    biases: list[torch.Tensor]
+    weights: list[torch.Tensor]  # the weight matrices at the checkpoint (on the CPU)
+    biases: list[torch.Tensor]  # on the CPU: a zoo is the same on every device
     progress: float  # fraction of the budget trained at the checkpoint
     final_test_acc: float  # test accuracy at the end of the budget
     final_val_acc: float
@@ -75,11 +75,12 @@ class Zoo:
         return np.array([m.final_test_acc for m in self.members])
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the zoo atomically as tensors and plain values (loads with weights_only)."""
+        """Write the zoo atomically as CPU tensors and plain values (loads with weights_only,
+        on any machine)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": ZOO_FORMAT, "task": self.task_name,
-                   "members": [dataclasses.asdict(m) for m in self.members]}
+                   "members": [cpu_tensors(dataclasses.asdict(m)) for m in self.members]}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         torch.save(payload, tmp)
         os.replace(tmp, path)
@@ -155,8 +156,10 @@ def _safe_acc(model, x, y) -> float:
 
 
 def _snapshot(model, task: Task, progress: float):
-    weights = [w.detach().clone() for w in weight_parameters(model)]
-    biases = [m.bias.detach().clone() for m in model if getattr(m, "bias", None) is not None]
+    # copies on the CPU, wherever the model trains: a zoo is saved, ranked and reloaded there
+    weights = [w.detach().to("cpu", copy=True) for w in weight_parameters(model)]
+    biases = [m.bias.detach().to("cpu", copy=True) for m in model
+              if getattr(m, "bias", None) is not None]
     return weights, biases, progress, _safe_acc(model, task.data.test_x, task.data.test_y)
 
 
@@ -173,14 +176,14 @@ def make_zoo(task: Task, size: int, seed: int = 0, progress_bar: bool = False) -
 
 
 def member_model(task: Task, member: Member) -> torch.nn.Module:
-    """The member as a module (weights and biases loaded)."""
+    """The member as a module (weights and biases loaded), on the task's device."""
     model = task.build_model(seed=0)
     with torch.no_grad():
         for w, saved in zip(weight_parameters(model), member.weights, strict=True):
-            w.copy_(torch.nan_to_num(saved))
+            w.copy_(torch.nan_to_num(saved.to(w.device)))
         linears = [m for m in model if getattr(m, "bias", None) is not None]
         for layer, saved in zip(linears, member.biases, strict=True):
-            layer.bias.copy_(torch.nan_to_num(saved))
+            layer.bias.copy_(torch.nan_to_num(saved.to(layer.bias.device)))
     return model
 
 
@@ -193,7 +196,8 @@ def weight_statistics(member: Member) -> np.ndarray:
     for w in member.weights:
         flat = torch.nan_to_num(w).flatten().double()
         feats += [float(flat.mean()), float(flat.var())]
-        feats += [float(q) for q in torch.quantile(flat, torch.tensor(QUANTILES).double())]
+        levels = torch.tensor(QUANTILES, dtype=flat.dtype, device=flat.device)
+        feats += [float(q) for q in torch.quantile(flat, levels)]
     feats.append(member.progress)
     return np.array(feats)
 
@@ -214,7 +218,12 @@ def stats_tau(train: Zoo, test: Zoo, seed: int = 0) -> float:
 
 
 def enn_scores(enn: ENN, task: Task, zoo: Zoo) -> np.ndarray:
-    """The ENN's score of every member at its checkpoint's progress."""
+    """The ENN's score of every member at its checkpoint's progress.
+
+    The members are rebuilt on the task's device, and the ENN is moved there (in place,
+    as :class:`~gradinstructor.trainer.GradInstructor` does).
+    """
+    enn = enn.to(task.device)
     with torch.no_grad():
         return np.array([float(enn.score(member_model(task, m), m.progress))
                          for m in zoo.members])
@@ -230,16 +239,19 @@ def fit_supervised_enn(task: Task, train: Zoo, epochs: int = 200, lr: float = 3e
     """Regress an ENN on the zoo's training part (MSE to final test accuracy).
 
     The supervised baseline of the design: same architecture as the RL-trained
-    ENN, trained on labelled networks instead of by reinforcement learning.
+    ENN, trained on labelled networks instead of by reinforcement learning. It is
+    initialised on the CPU (the same numbers on every device) and trained, and
+    returned, on the task's device.
     """
     torch.manual_seed(seed)
     shapes = layer_shapes(task.build_model(seed=0))
-    enn = ENN(config or ENNConfig(layer_shapes=shapes))
+    enn = ENN(config or ENNConfig(layer_shapes=shapes)).to(task.device)
     with torch.no_grad():
         images = [torch.stack(parts) for parts in zip(*[
             render_weights(member_model(task, m), enn.config.ratio) for m in train.members])]
-    progress = torch.tensor([m.progress for m in train.members], dtype=torch.float32)
-    target = torch.tensor(train.targets(), dtype=torch.float32)
+    progress = torch.tensor([m.progress for m in train.members], dtype=torch.float32,
+                            device=task.device)
+    target = torch.tensor(train.targets(), dtype=torch.float32, device=task.device)
     optimizer = torch.optim.Adam(enn.parameters(), lr=lr)
     for _ in range(epochs):
         loss = F.mse_loss(enn(images, progress), target)

@@ -1,6 +1,7 @@
 """Shared fixtures: loaded tasks, shrunk tasks, tiny models, and a wall-time log.
 
-wandb is forced offline before anything imports it, so no test can reach a server.
+wandb is forced offline before anything imports it, so no test can reach a server, and
+CUDA is hidden before torch starts, so the suite runs on the CPU on any machine.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from pathlib import Path
 
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
+# CUDA hidden before torch is imported: load_task, demo, sweep and every command default to
+# device "auto" (CUDA when available, as in stable-baselines3), so on a machine with a GPU the
+# suite would otherwise run on it and its CPU-pinned numbers and timings would not hold. The
+# subprocesses the tests start (demo, workers, doc examples) inherit it. Tests of CUDA itself
+# must run outside this suite.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -59,7 +66,7 @@ class DemoRun:
 
 @pytest.fixture(scope="session")
 def quick_demo_run(tmp_path_factory) -> DemoRun:
-    """``gradinstructor demo --quick --tracker wandb`` (offline), run once per session.
+    """``gradinstructor demo --quick --tracker wandb --device cpu`` (offline), once per session.
 
     Shared by the CLI test, which checks its artefacts, and the dashboard test, which
     opens its report in a browser; takes about 30 s on 2 cores.
@@ -68,7 +75,7 @@ def quick_demo_run(tmp_path_factory) -> DemoRun:
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "gradinstructor.cli", "demo", "--quick", "--tracker", "wandb",
-         "--out", str(path), "--no-progress"],
+         "--out", str(path), "--no-progress", "--device", "cpu"],
         cwd=path, capture_output=True, text=True, timeout=600,
         # one intra-op thread unless told otherwise, for the reason given above set_num_threads
         env={**os.environ, "WANDB_MODE": "offline",

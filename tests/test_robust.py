@@ -538,6 +538,7 @@ def test_the_same_seed_gives_the_same_quick_demo(quick_demo_run, tmp_path, recor
     first = quick_demo_run
     assert first.result.returncode == 0, first.result.stderr[-3000:]
     start = time.perf_counter()
+    # the first ran with --device cpu, this one with the default, auto: the CPU here too
     second = subprocess.run(
         [sys.executable, "-m", "gradinstructor.cli", "demo", "--quick", "--tracker", "none",
          "--no-progress", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900,

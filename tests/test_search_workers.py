@@ -136,11 +136,13 @@ def test_a_killed_or_interrupted_worker_loses_only_the_trial_in_flight(tmp_path)
     for number, record in done.items():
         assert done_before_interrupt[number] == record
 
-    # 3. the same command again completes the count
-    status, printed, err = finish(start_worker(sweep, "--out", str(out)))
+    # 3. the same command again completes the count (--device cpu reaches each trial; the
+    #    workers before ran with the default, auto, which is the CPU here too)
+    status, printed, err = finish(start_worker(sweep, "--out", str(out), "--device", "cpu"))
     assert status == 0, err
     final = load(storage, "kill").get_trials()
     complete = finished(final)
+    assert {t.user_attrs["device"] for t in final if t.state == TrialState.COMPLETE} == {"cpu"}
     for number, record in done_before_interrupt.items():
         assert complete[number] == record  # every finished trial kept, unchanged
     assert len(complete) == TARGET

@@ -11,12 +11,14 @@ import logging
 import sys
 from pathlib import Path
 
-from gradinstructor.cli import _positive_int  # the CLI builds this parser; one parser of N >= 1
+# the CLI builds this parser: one parser of N >= 1, one --device for every command
+from gradinstructor.cli import _device_option, _positive_int
 
 logger = logging.getLogger(__name__)
 
 USAGE = """gradinstructor sweep FILE [--storage URL] [--trials N] [--study NAME]
-                           [--backend optuna|wandb] [--seeds K] [options]
+                           [--backend optuna|wandb] [--seeds K] [--device auto|cpu|cuda]
+                           [options]
        gradinstructor sweep analyze [FILE] [--study NAME] [--storage URL] [--model ridge|gbr]"""
 
 
@@ -56,6 +58,8 @@ def add_sweep_parser(sub) -> argparse.ArgumentParser:
                    help="torch threads per worker (default: 1; the networks are tiny and extra "
                         "threads slow a busy machine down; to use more cores, start more "
                         "workers with the same --storage and --out). OMP_NUM_THREADS wins")
+    _device_option(p, "this worker's trials (target networks, agent, ENN)",
+                   "; workers sharing a --storage may use different devices")
     p.add_argument("--model", choices=["ridge", "gbr"], default="ridge",
                    help="with `analyze`: diagnostics -> gain model (default: ridge)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -126,7 +130,7 @@ def _sweep(args) -> int:
         from gradinstructor.search.wandb_backend import run_wandb_sweep
 
         sweep_id = run_wandb_sweep(sweep, trials=args.trials, name=name, out=out,
-                                   seeds=args.seeds, threads=args.threads)
+                                   seeds=args.seeds, threads=args.threads, device=args.device)
         print(f"W&B sweep: {sweep_id}")
         return 0
     n_trials = target_count(sweep, args.trials)
@@ -135,7 +139,7 @@ def _sweep(args) -> int:
     runner = prepare_sweep(sweep, trials=args.trials, storage=args.storage, study_name=name,
                            out=out, seeds=args.seeds, tracker=args.tracker,
                            progress_bar=not args.no_progress, seed=args.seed,
-                           threads=args.threads)
+                           threads=args.threads, device=args.device)
     ran = runner.run()
     study = runner.study
     complete, running = count_trials(study)

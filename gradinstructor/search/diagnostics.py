@@ -68,10 +68,12 @@ def critic_fit(enn: ENN, rollout_buffer) -> dict[str, float | None]:
         return {"critic_ev": None, "critic_mse": None}
     # after training SB3 has flattened the buffer to (n_steps * n_envs, ...); flatten either way
     returns = np.asarray(rollout_buffer.returns, float).reshape(-1)  # (N,)
-    obs = {key: torch.as_tensor(value.reshape(len(returns), -1), dtype=torch.float32)
+    device = enn.layer_embedding.device  # the buffer is NumPy; the critic may be on a GPU
+    obs = {key: torch.as_tensor(value.reshape(len(returns), -1), dtype=torch.float32,
+                                device=device)
            for key, value in rollout_buffer.observations.items()}  # (N, dim)
     with torch.no_grad():
-        prediction = enn.forward_obs(obs).reshape(-1).numpy()  # (N,)
+        prediction = enn.forward_obs(obs).reshape(-1).cpu().numpy()  # (N,)
     return {"critic_ev": explained_variance(prediction, returns),
             "critic_mse": _finite(float(np.mean((prediction - returns) ** 2)))}
 

@@ -399,15 +399,20 @@ class SweepRunner:
         max_failures: stop after this many trials in a row failed.
         seed: orders the grid points.
         threads: torch intra-op threads while trials run (None: leave torch's setting).
+        device: where this worker's trials run: auto (CUDA when available), cpu or cuda.
     """
 
     def __init__(self, study: optuna.Study, sweep: Sweep, n_trials: int, out: Path,
                  tracker: str = "wandb", progress_bar: bool = True, max_failures: int = 3,
-                 seed: int | None = None, threads: int | None = 1) -> None:
+                 seed: int | None = None, threads: int | None = 1,
+                 device: Any = "auto") -> None:
+        from gradinstructor.device import resolve_device
+
         self.study, self.sweep, self.n_trials = study, sweep, n_trials
         self.out, self.tracker_kind = Path(out), tracker
         self.progress_bar, self.max_failures = progress_bar, max_failures
         self.seed, self.threads = seed, threads
+        self.device = resolve_device(device)  # ValueError now, not in every trial
         self.worker = worker_identity()
         self.ran: list[int] = []  # numbers of the trials this worker ran to completion
 
@@ -534,7 +539,8 @@ class SweepRunner:
                                    group=self.study.study_name)
             if getattr(tracker, "run_dir", None) is not None:
                 trial.set_user_attr("wandb_dir", str(tracker.run_dir))
-            result = run_trial(plan, self.out / "trials" / str(trial.number), tracker)
+            result = run_trial(plan, self.out / "trials" / str(trial.number), tracker,
+                               device=self.device)
         except BaseException as err:
             _record_error(trial, err)
             raise
@@ -594,17 +600,21 @@ def prepare_sweep(sweep: Sweep, trials: int | None = None, storage: str | None =
                   study_name: str | None = None, out: str | os.PathLike | None = None,
                   seeds: int | None = None, tracker: str = "wandb", progress_bar: bool = True,
                   seed: int | None = None, max_failures: int = 3,
-                  threads: int | None = 1) -> SweepRunner:
+                  threads: int | None = 1, device: Any = "auto") -> SweepRunner:
     """Open (create, resume or join) the sweep's study; the returned runner runs its trials.
 
     The arguments are those of :func:`run_sweep`. Everything that can be checked
-    before a trial starts is checked here: the storage is reached (or the call
-    fails at once) and the study's direction matches the file's goal.
+    before a trial starts is checked here: the device can be used here, the storage
+    is reached (or the call fails at once) and the study's direction matches the
+    file's goal.
 
     Returns:
         A :class:`SweepRunner`; ``runner.run()`` returns the trials this worker completed,
         ``runner.study`` is the study.
     """
+    from gradinstructor.device import resolve_device
+
+    device = resolve_device(device)  # before the storage is created
     if seeds is not None:
         sweep = sweep.with_constant("seeds", seeds)
     study_name = study_name or default_study_name(sweep)
@@ -616,14 +626,14 @@ def prepare_sweep(sweep: Sweep, trials: int | None = None, storage: str | None =
     logger.info("study %s: %d of %d trials complete, %d running", study_name, complete,
                 n_trials, running)
     return SweepRunner(study, sweep, n_trials, out, tracker=tracker, progress_bar=progress_bar,
-                       max_failures=max_failures, seed=seed, threads=threads)
+                       max_failures=max_failures, seed=seed, threads=threads, device=device)
 
 
 def run_sweep(sweep: Sweep, trials: int | None = None, storage: str | None = None,
               study_name: str | None = None, out: str | os.PathLike | None = None,
               seeds: int | None = None, tracker: str = "wandb", progress_bar: bool = True,
               seed: int | None = None, max_failures: int = 3,
-              threads: int | None = 1) -> optuna.Study:
+              threads: int | None = 1, device: Any = "auto") -> optuna.Study:
     """Run (or resume, or join) the sweep's study until it holds ``trials`` complete trials.
 
     Args:
@@ -641,11 +651,15 @@ def run_sweep(sweep: Sweep, trials: int | None = None, storage: str | None = Non
         max_failures: stop after this many trials in a row failed.
         threads: torch intra-op threads while trials run (default 1; None leaves
             torch's setting; ``OMP_NUM_THREADS``, when set, wins).
+        device: where the trials run: auto (the default: CUDA when available, else the
+            CPU, as in stable-baselines3), cpu or cuda. A property of the worker, not a
+            parameter of the study: workers on different machines may differ.
 
     Returns:
         The Optuna study.
 
     Raises:
+        ValueError: a ``device`` this machine cannot use (before anything starts).
         StorageError: the storage cannot be reached (the URL is named, password hidden).
         SettingsError: the stored study optimises in the other direction.
         SweepError: ``max_failures`` trials in a row failed.
@@ -655,6 +669,7 @@ def run_sweep(sweep: Sweep, trials: int | None = None, storage: str | None = Non
     """
     runner = prepare_sweep(sweep, trials=trials, storage=storage, study_name=study_name,
                            out=out, seeds=seeds, tracker=tracker, progress_bar=progress_bar,
-                           seed=seed, max_failures=max_failures, threads=threads)
+                           seed=seed, max_failures=max_failures, threads=threads,
+                           device=device)
     runner.run()
     return runner.study

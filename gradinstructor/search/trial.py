@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gradinstructor.config import (
     AgentConfig,
@@ -163,14 +164,21 @@ _ZOOS: dict[tuple, Any] = {}
 _PLAIN: dict[tuple, float] = {}
 
 
-def trial_task(settings: TrialSettings) -> Task:
-    """The task of a trial, shrunk to ``train_size`` / ``epochs`` if they are set."""
-    key = (settings.task, settings.train_size, settings.epochs)
+def trial_task(settings: TrialSettings, device: str | torch.device | None = "auto") -> Task:
+    """The task of a trial, shrunk to ``train_size`` / ``epochs`` if they are set.
+
+    ``device`` (auto, cpu or cuda; the sweep's ``--device``) is where its data and
+    networks live; a device this machine cannot use raises ValueError.
+    """
+    from gradinstructor.device import resolve_device
+
+    where = resolve_device(device)
+    key = (settings.task, settings.train_size, settings.epochs, str(where))
     if key not in _TASKS:
         from gradinstructor.pipeline import shrink_task
         from gradinstructor.tasks import load_task
 
-        task = load_task(settings.task)
+        task = load_task(settings.task, device=where)
         if settings.train_size is not None or settings.epochs is not None:
             task = shrink_task(task, train=settings.train_size or len(task.data.train_y),
                                epochs=settings.epochs or task.config.epochs)
@@ -181,7 +189,7 @@ def trial_task(settings: TrialSettings) -> Task:
 def _task_key(task: Task) -> tuple:
     cfg = task.config
     return (cfg.name, len(task.data.train_y), cfg.epochs, cfg.segments, cfg.lr,
-            cfg.batch_size, cfg.optimizer, tuple(cfg.hidden))
+            cfg.batch_size, cfg.optimizer, tuple(cfg.hidden), str(task.device))
 
 
 def _zoo(task: Task, size: int):
@@ -243,25 +251,29 @@ class TrialResult:
     metrics: dict[str, float]
     # Cheap diagnostics of the ENN, keyed by diagnostics.DIAGNOSTICS.
     diagnostics: dict[str, float | None]
-    # Bookkeeping: seconds, diverged seeds, checkpoint path.
+    # Bookkeeping: seconds, diverged seeds, the device it ran on, checkpoint path.
     info: dict[str, Any]
     enn: ENN
 
 
 def run_trial(plan: TrialPlan, out_dir: str | Path | None = None,
-              tracker: Tracker | None = None) -> TrialResult:
+              tracker: Tracker | None = None,
+              device: str | torch.device | None = "auto") -> TrialResult:
     """Train an ENN by RL with ``plan``'s settings; measure its gain and diagnostics.
 
     Args:
         plan: the trial's validated settings (:func:`plan_trial`).
         out_dir: where to write the ENN checkpoint (``enn.pt``); None writes nothing.
         tracker: receives ``rl/`` metrics during RL and ``eval/`` metrics at the end.
+        device: auto (CUDA when available), cpu or cuda: where the task's networks, the
+            agent and the ENN run. Not a sweep parameter: the worker's ``--device``.
 
     Returns:
         The :class:`TrialResult`.
 
     Raises:
         DatasetUnavailableError: the task's data cannot be loaded.
+        ValueError: a ``device`` this machine cannot use.
     """
     from gradinstructor.agent import train_enn
     from gradinstructor.pipeline import seed_everything
@@ -270,7 +282,7 @@ def run_trial(plan: TrialPlan, out_dir: str | Path | None = None,
     tracker = tracker or NullTracker()
     settings = plan.settings
     start = time.perf_counter()
-    task = trial_task(settings)
+    task = trial_task(settings, device)
     enn_config = ENNConfig(layer_shapes=layer_shapes(task.build_model(seed=0)), **plan.enn)
 
     seed_everything(settings.seed)
@@ -285,7 +297,8 @@ def run_trial(plan: TrialPlan, out_dir: str | Path | None = None,
     gain = downstream_gain(task, rl.enn, strength, settings.seeds, settings.enn_every)
     metrics = {k: gain[k] for k in ("gain", "gain_std", "enn_val_acc", "plain_val_acc")}
     info: dict[str, Any] = {"diverged": gain["diverged"], "rl_seconds": round(rl_seconds, 2),
-                            "seconds": round(time.perf_counter() - start, 2)}
+                            "seconds": round(time.perf_counter() - start, 2),
+                            "device": str(task.device)}
     if out_dir is not None:
         path = Path(out_dir) / "enn.pt"
         rl.enn.save(path, sweep_params=plan.params, **metrics)

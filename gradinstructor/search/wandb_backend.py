@@ -49,8 +49,9 @@ def to_wandb_sweep(sweep: Sweep, trials: int | None = None, name: str | None = N
     return config
 
 
-def wandb_trial(sweep: Sweep, out: Path, group: str) -> None:
-    """One W&B run: read the parameters W&B drew, run the trial, log its results."""
+def wandb_trial(sweep: Sweep, out: Path, group: str, device="auto") -> None:
+    """One W&B run: read the parameters W&B drew, run the trial (on ``device``), log its
+    results."""
     from gradinstructor.search.trial import plan_trial, run_trial, valid_parameters
     from gradinstructor.tracking import WandbTracker
 
@@ -58,7 +59,7 @@ def wandb_trial(sweep: Sweep, out: Path, group: str) -> None:
     try:
         drawn = {k: v for k, v in dict(tracker.run.config).items() if k in valid_parameters()}
         plan = plan_trial({**sweep.constants, **drawn}, where=f"wandb run {tracker.run.id}")
-        result = run_trial(plan, out / "trials" / str(tracker.run.id), tracker)
+        result = run_trial(plan, out / "trials" / str(tracker.run.id), tracker, device=device)
         tracker.run.summary.update({k: v for k, v in result.info.items()})
     finally:
         tracker.finish()
@@ -66,7 +67,7 @@ def wandb_trial(sweep: Sweep, out: Path, group: str) -> None:
 
 def run_wandb_sweep(sweep: Sweep, trials: int | None = None, name: str | None = None,
                     out: str | os.PathLike | None = None, seeds: int | None = None,
-                    threads: int | None = 1) -> str:
+                    threads: int | None = 1, device="auto") -> str:
     """Create a W&B sweep from ``sweep`` and run an agent on it in this process.
 
     Args:
@@ -77,11 +78,13 @@ def run_wandb_sweep(sweep: Sweep, trials: int | None = None, name: str | None = 
         seeds: downstream seeds per trial; overrides the file's ``seeds``.
         threads: torch intra-op threads while trials run (see
             :func:`~gradinstructor.search.study.torch_threads`).
+        device: where the trials run: auto (the default: CUDA when available), cpu or cuda.
 
     Returns:
         The W&B sweep id.
 
     Raises:
+        ValueError: a ``device`` this machine cannot use.
         SettingsError: not logged in to W&B, or ``WANDB_MODE`` is offline or disabled.
 
     Example:
@@ -89,9 +92,11 @@ def run_wandb_sweep(sweep: Sweep, trials: int | None = None, name: str | None = 
     """
     import wandb
 
+    from gradinstructor.device import resolve_device
     from gradinstructor.search.study import torch_threads
     from gradinstructor.tracking import _logged_in
 
+    device = resolve_device(device)  # before a sweep is created on the server
     mode = os.environ.get("WANDB_MODE", "")
     if mode in ("offline", "disabled", "dryrun") or not _logged_in():
         raise SettingsError(
@@ -107,7 +112,8 @@ def run_wandb_sweep(sweep: Sweep, trials: int | None = None, name: str | None = 
                            entity=sweep.entity)
     logger.info("W&B sweep %s created", sweep_id)
     with torch_threads(threads):
-        wandb.agent(sweep_id, function=functools.partial(wandb_trial, sweep, out, config["name"]),
+        wandb.agent(sweep_id, function=functools.partial(wandb_trial, sweep, out, config["name"],
+                                                         device),
                     count=trials, project=sweep.project or "gradinstructor",
                     entity=sweep.entity)
     return sweep_id
