@@ -13,19 +13,21 @@ torch thread, it times:
   form (``gi.add_gradient()`` after backward) at the default k,
 
 interleaved in rounds (plain, then each variant, over the same minibatches), so
-that a change of machine load hits all of them alike; each figure is the median
-over rounds of the mean step time of a round. Then it trains full target
+that a change of machine load hits all of them alike; each time is the median
+over rounds of the mean step time of a round, each ratio the median over rounds of
+the variant's time over the plain time of the same round. Then it trains full target
 networks on ``mnist5k`` over ``--seeds`` seeds plainly, with the ENN term at
 every step (k = 1, the exact form), lumped at the default k and spread at the
 default k, same strength, and reports the test accuracy of each: "same effect"
 is measured, not assumed. Use a trained ENN (``--enn``) for that: an untrained
 one pushes in an arbitrary direction.
 
-    python benchmarks/enn_overhead.py                          # about 1 minute
+    python benchmarks/enn_overhead.py                          # about 70 seconds
     python benchmarks/enn_overhead.py --enn runs/demo/enn.pt   # a trained ENN
 
 The last line printed is JSON with ``plain_us``, ``augmented_us``, ``ratio``
-(augmented / plain, the default form), the accuracies over seeds and the timing
+(augmented / plain for the default form, the median over rounds of the ratio within
+a round), the accuracies over seeds and the timing
 of every variant.
 """
 
@@ -68,7 +70,13 @@ Variant = tuple[int, str, bool]
 
 def time_steps(task: Task, enn: ENN, variants: list[Variant], strength: float, rounds: int,
                steps: int) -> dict:
-    """Median over rounds of the mean step time (us): plain (None) and each variant."""
+    """Step times (us) and ratios to the plain step, each the median over rounds.
+
+    Returns ``(times, ratios)``: ``times[v]`` is the median over rounds of variant v's
+    mean step time (plain: v = None); ``ratios[v]`` the median over rounds of v's time
+    divided by the plain time of the same round. Pairing within a round cancels the
+    drifts of a shared machine's speed between rounds (up to 1.5x here).
+    """
     data, cfg = task.data, task.config
     batches = list(batch_order(len(data.train_y), cfg.batch_size, 1, seed=0))
     batches = [b for b in batches if len(b) == cfg.batch_size][:steps]
@@ -103,7 +111,9 @@ def time_steps(task: Task, enn: ENN, variants: list[Variant], strength: float, r
     for _ in range(rounds):
         for variant in everything:
             times[variant].append(run(variant))
-    return {variant: statistics.median(v) for variant, v in times.items()}
+    ratios = {variant: statistics.median(t / p for t, p in zip(v, times[None]))
+              for variant, v in times.items()}
+    return {variant: statistics.median(v) for variant, v in times.items()}, ratios
 
 
 def accuracies(task: Task, enn: ENN, every: int, strength: float, seeds: int) -> dict:
@@ -128,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", default="1,5,10,25",
                         help="other k to time, comma-separated (default: 1,5,10,25)")
     parser.add_argument("--strength", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=7, help="timing rounds (default: 7)")
-    parser.add_argument("--steps", type=int, default=100,
-                        help="steps per variant per round (default: 100)")
+    parser.add_argument("--rounds", type=int, default=11, help="timing rounds (default: 11)")
+    parser.add_argument("--steps", type=int, default=200,
+                        help="steps per variant per round (default: 200: four ENN gradients "
+                             "at the default k)")
     parser.add_argument("--seeds", type=int, default=5,
                         help="seeds of the accuracy check (default: 5)")
     parser.add_argument("--epochs", type=int, default=None,
@@ -162,13 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     spread: Variant = (k, "loss", True)
     grad_form: Variant = (k, "grad", False)
     variants = [(o, "loss", False) for o in others] + [default, spread, grad_form]
-    times = time_steps(task, enn, variants, args.strength, args.rounds, args.steps)
+    times, ratios = time_steps(task, enn, variants, args.strength, args.rounds, args.steps)
     plain = times[None]
     for variant in variants:
         every, form, spread_it = variant
         call = "gi(loss)" if form == "loss" else "gi.add_gradient()"
         print(f"every={every:>3} {'spread' if spread_it else 'lumped'}: {times[variant]:8.1f} "
-              f"us/step, {times[variant] / plain:.3f} x plain ({plain:.1f} us), {call}",
+              f"us/step, {ratios[variant]:.3f} x plain ({plain:.1f} us), {call}",
               flush=True)
     accs = accuracies(task, enn, k, args.strength, args.seeds)
     summary = {name: {"mean": statistics.mean(v),
@@ -183,18 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         return {"mean": round(statistics.mean(diffs), 4),
                 "max_abs": round(max(abs(d) for d in diffs), 4)}
 
-    lumped_by_k = {str(o): round(times[(o, "loss", False)] / plain, 4) for o in others}
-    lumped_by_k[str(k)] = round(times[default] / plain, 4)
+    lumped_by_k = {str(o): round(ratios[(o, "loss", False)], 4) for o in others}
+    lumped_by_k[str(k)] = round(ratios[default], 4)
     result = {
         "task": args.task, "device": str(task.device), "threads": torch.get_num_threads(),
         "every": k,
         "strength": args.strength, "enn": args.enn or "untrained (seed 0)",
         "plain_us": round(plain, 1), "augmented_us": round(times[default], 1),
-        "ratio": round(times[default] / plain, 4),
+        "ratio": round(ratios[default], 4),
         "ratio_by_k": dict(sorted(lumped_by_k.items(), key=lambda kv: int(kv[0]))),
-        "spread_us": round(times[spread], 1), "spread_ratio": round(times[spread] / plain, 4),
+        "spread_us": round(times[spread], 1), "spread_ratio": round(ratios[spread], 4),
         "gradient_form_us": round(times[grad_form], 1),
-        "gradient_form_ratio": round(times[grad_form] / plain, 4),
+        "gradient_form_ratio": round(ratios[grad_form], 4),
         "seeds": args.seeds,
         "acc_plain": round(summary["plain"]["mean"], 4),
         "acc_every_1": round(summary["every_1"]["mean"], 4),
