@@ -24,6 +24,8 @@ one pushes in an arbitrary direction.
 
     python benchmarks/enn_overhead.py                          # about 70 seconds
     python benchmarks/enn_overhead.py --enn runs/demo/enn.pt   # a trained ENN
+    python benchmarks/enn_overhead.py --task mnist5k-cnn --enn RUN/enn.pt \
+        --strength actor --init he --seeds 10                  # the CNN, its actor
 
 The last line printed is JSON with ``plain_us``, ``augmented_us``, ``ratio``
 (augmented / plain for the default form, the median over rounds of the ratio within
@@ -116,16 +118,21 @@ def time_steps(task: Task, enn: ENN, variants: list[Variant], strength: float, r
     return {variant: statistics.median(v) for variant, v in times.items()}, ratios
 
 
-def accuracies(task: Task, enn: ENN, every: int, strength: float, seeds: int) -> dict:
-    """Test accuracy over seeds: plain, every step, lumped and spread at ``every``."""
+def accuracies(task: Task, enn: ENN, every: int, strength, seeds: int,
+               init: str = "default") -> dict:
+    """Test accuracy over seeds: plain, every step, lumped and spread at ``every``.
+
+    ``strength`` is a number or the ENN's trained actor (a ScheduleActor).
+    """
     kinds = {"plain": None, "every_1": (1, False), f"lumped_{every}": (every, False),
              f"spread_{every}": (every, True)}
     out: dict = {name: [] for name in kinds}
     for seed in range(seeds):
         for name, kind in kinds.items():
-            model = task.build_model(seed=seed)
+            model = task.build_model(seed=seed, init=init)
             gi = (GradInstructor(model, enn, strength=strength, total_steps=task.total_steps,
-                                 every=kind[0], spread=kind[1]) if kind else None)
+                                 segments=task.config.segments, every=kind[0],
+                                 spread=kind[1]) if kind else None)
             out[name].append(fit_target(task, model, seed=seed, instructor=gi).test_acc)
     return out
 
@@ -137,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the k judged (default: DEFAULT_ENN_EVERY = {DEFAULT_ENN_EVERY})")
     parser.add_argument("--ks", default="1,5,10,25",
                         help="other k to time, comma-separated (default: 1,5,10,25)")
-    parser.add_argument("--strength", type=float, default=10.0)
+    parser.add_argument("--strength", default="10",
+                        help="ENN strength: a number (default 10), or 'actor' for the schedule "
+                             "the ENN's RL agent learned in the accuracy check (the timing "
+                             "then uses 10)")
+    parser.add_argument("--init", choices=["default", "he"], default="default",
+                        help="initialisation of the accuracy check's networks (default: "
+                             "PyTorch's)")
     parser.add_argument("--rounds", type=int, default=11, help="timing rounds (default: 11)")
     parser.add_argument("--steps", type=int, default=200,
                         help="steps per variant per round (default: 200: four ENN gradients "
@@ -152,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="cpu (default) or cuda: where the network, the data and the ENN "
                              "run")
     args = parser.parse_args(argv)
+    if args.strength != "actor":
+        try:
+            args.strength = float(args.strength)
+        except ValueError:
+            parser.error(f"--strength must be a number or 'actor', but got {args.strength!r}")
     try:
         resolve_device(args.device)
     except ValueError as err:
@@ -173,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     spread: Variant = (k, "loss", True)
     grad_form: Variant = (k, "grad", False)
     variants = [(o, "loss", False) for o in others] + [default, spread, grad_form]
-    times, ratios = time_steps(task, enn, variants, args.strength, args.rounds, args.steps)
+    timing_strength = 10.0 if args.strength == "actor" else args.strength
+    times, ratios = time_steps(task, enn, variants, timing_strength, args.rounds, args.steps)
     plain = times[None]
     for variant in variants:
         every, form, spread_it = variant
@@ -181,7 +200,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"every={every:>3} {'spread' if spread_it else 'lumped'}: {times[variant]:8.1f} "
               f"us/step, {ratios[variant]:.3f} x plain ({plain:.1f} us), {call}",
               flush=True)
-    accs = accuracies(task, enn, k, args.strength, args.seeds)
+    if args.strength == "actor":
+        from gradinstructor.agent import load_actor
+
+        if enn.actor_payload is None:
+            parser.error("--strength actor needs --enn with a checkpoint trained by RL "
+                         "(it holds the actor's schedule)")
+        strength = load_actor(enn)
+    else:
+        strength = args.strength
+    accs = accuracies(task, enn, k, strength, args.seeds, args.init)
     summary = {name: {"mean": statistics.mean(v),
                       "std": statistics.stdev(v) if len(v) > 1 else 0.0, "runs": v}
                for name, v in accs.items()}
@@ -199,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "task": args.task, "device": str(task.device), "threads": torch.get_num_threads(),
         "every": k,
-        "strength": args.strength, "enn": args.enn or "untrained (seed 0)",
+        "strength": args.strength, "init": args.init, "enn": args.enn or "untrained (seed 0)",
         "plain_us": round(plain, 1), "augmented_us": round(times[default], 1),
         "ratio": round(ratios[default], 4),
         "ratio_by_k": dict(sorted(lumped_by_k.items(), key=lambda kv: int(kv[0]))),
