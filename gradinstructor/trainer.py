@@ -92,7 +92,7 @@ class GradInstructor:
             computed, and nothing in the k - 1 steps after it, which then cost
             exactly a plain step. For SGD, with or without momentum, the total push
             is the same as applying ``strength * g`` at every step, only earlier in
-            the window. True: ``strength * g`` at every step, reusing g; needed with
+            the window (a schedule's strength at that step stands for the window's). True: ``strength * g`` at every step, reusing g; needed with
             optimisers that normalise each step's gradient (Adam, RMSprop,
             Adagrad): they would shrink a k-fold pulse to one ordinary step and, with
             their running second moment inflated by it, slow the steps after it.

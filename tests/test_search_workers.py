@@ -41,18 +41,21 @@ TARGET = 4  # complete trials: the whole grid
 WAIT = 240  # seconds to wait for a state of the study before giving up
 
 
-def write_sweep(path: Path, name: str) -> Path:
+def write_sweep(path: Path, name: str, strengths: list[int] | None = None) -> Path:
+    parameters = copy.deepcopy(PARAMETERS)
+    if strengths is not None:
+        parameters["max_strength"] = {"values": strengths}
     data = {"name": name, "method": "grid", "metric": {"name": "gain", "goal": "maximize"},
-            "parameters": copy.deepcopy(PARAMETERS)}
+            "parameters": parameters}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def start_worker(sweep: Path, *options: str) -> subprocess.Popen:
+def start_worker(sweep: Path, *options: str, trials: int = TARGET) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "gradinstructor.cli", "sweep", str(sweep), "--trials",
-         str(TARGET), "--tracker", "none", "--no-progress", *options],
+         str(trials), "--tracker", "none", "--no-progress", *options],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -99,28 +102,39 @@ def finished(trials) -> dict[int, tuple]:
             for t in trials if t.state == TrialState.COMPLETE}
 
 
+# The kill test's grid: six points, so that each signal lands while a trial runs that is
+# not the last one the worker needs (a trial takes a second or two; with the last one in
+# flight a worker may finish before the signal arrives).
+KILL_GRID = [1, 3, 10, 30, 50, 100]
+
+
 def test_a_killed_or_interrupted_worker_loses_only_the_trial_in_flight(tmp_path):
-    sweep = write_sweep(tmp_path / "kill.yaml", "kill")
+    target = len(KILL_GRID)
+    sweep = write_sweep(tmp_path / "kill.yaml", "kill", KILL_GRID)
     out = tmp_path / "run"
     storage = open_storage(None, out / STORAGE_FILE)
 
-    def mid_trial(more_than: int):
-        return lambda trials: (sum(t.state == TrialState.COMPLETE for t in trials) > more_than
-                               and in_flight(trials))
+    def mid_trial(more_than: int, at_most: int):
+        def condition(trials) -> bool:
+            complete = sum(t.state == TrialState.COMPLETE for t in trials)
+            return more_than < complete <= at_most and bool(in_flight(trials))
+        return condition
 
-    # 1. SIGKILL while a trial runs, after at least one finished
-    worker = start_worker(sweep, "--out", str(out))
-    trials = wait_for(worker, storage, "kill", mid_trial(0), "a finished and a running trial")
+    # 1. SIGKILL while a trial runs, after one or two finished
+    worker = start_worker(sweep, "--out", str(out), trials=target)
+    trials = wait_for(worker, storage, "kill", mid_trial(0, 2), "a finished and a running trial")
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=60)
     killed = in_flight(trials)[0].number
     done = finished(load(storage, "kill").get_trials())
     assert done and killed not in done
 
-    # 2. Ctrl-C while a later trial runs: status 130, that trial FAIL as interrupted
-    worker = start_worker(sweep, "--out", str(out))
-    trials = wait_for(worker, storage, "kill", mid_trial(len(done)), "a second running trial")
-    interrupted = in_flight(trials)[0].number
+    # 2. Ctrl-C while a later trial runs, not the last: status 130, that trial FAIL as
+    #    interrupted (the trial that was running when the signal landed: found by its error)
+    worker = start_worker(sweep, "--out", str(out), trials=target)
+    trials = wait_for(worker, storage, "kill", mid_trial(len(done), target - 2),
+                      "a second running trial")
+    running = in_flight(trials)[0].number
     worker.send_signal(signal.SIGINT)
     status, _, err = finish(worker, timeout=60)
     assert status == 130, err
@@ -130,25 +144,28 @@ def test_a_killed_or_interrupted_worker_loses_only_the_trial_in_flight(tmp_path)
     by_number = {t.number: t for t in after_interrupt}
     assert by_number[killed].state == TrialState.FAIL  # found dead by the second worker
     assert "died while this trial ran" in by_number[killed].user_attrs["error"]
-    assert by_number[interrupted].state == TrialState.FAIL
-    assert by_number[interrupted].user_attrs["error"].startswith("interrupted (Ctrl-C)")
+    interrupted_trials = [t.number for t in after_interrupt if t.state == TrialState.FAIL
+                          and t.user_attrs.get("error", "").startswith("interrupted (Ctrl-C)")]
+    assert len(interrupted_trials) == 1 and interrupted_trials[0] >= running
+    interrupted = interrupted_trials[0]
     done_before_interrupt = finished(after_interrupt)
     for number, record in done.items():
         assert done_before_interrupt[number] == record
 
     # 3. the same command again completes the count (--device cpu reaches each trial; the
     #    workers before ran with the default, auto, which is the CPU here too)
-    status, printed, err = finish(start_worker(sweep, "--out", str(out), "--device", "cpu"))
+    status, printed, err = finish(start_worker(sweep, "--out", str(out), "--device", "cpu",
+                                               trials=target))
     assert status == 0, err
     final = load(storage, "kill").get_trials()
     complete = finished(final)
     assert {t.user_attrs["device"] for t in final if t.state == TrialState.COMPLETE} == {"cpu"}
     for number, record in done_before_interrupt.items():
         assert complete[number] == record  # every finished trial kept, unchanged
-    assert len(complete) == TARGET
-    assert sorted(p["max_strength"] for _, p, *_ in complete.values()) == [3, 10, 30, 100]
+    assert len(complete) == target
+    assert sorted(p["max_strength"] for _, p, *_ in complete.values()) == KILL_GRID
     assert {t.number for t in final if t.state == TrialState.FAIL} == {killed, interrupted}
-    assert f"this worker completed {TARGET - len(done_before_interrupt)} trial(s)" in printed
+    assert f"this worker completed {target - len(done_before_interrupt)} trial(s)" in printed
     assert "leave-one-out Spearman" in printed
 
 
