@@ -83,7 +83,7 @@ def test_add_gradient_adds_exactly_minus_strength_times_enn_gradient():
 
 def test_add_gradient_fills_missing_grad_and_scale_multiplies():
     model, enn, _ = _setup(2)
-    gi = GradInstructor(model, enn, strength=1.0, total_steps=10)
+    gi = GradInstructor(model, enn, strength=1.0, total_steps=10, every=1)
     gi.add_gradient(scale=4.0)  # no backward before: .grad was None
     first = [model[0].weight.grad.clone(), model[2].weight.grad.clone()]
     model.zero_grad(set_to_none=True)

@@ -102,47 +102,59 @@ def test_every_k_reuses_the_gradient_of_the_step_it_was_computed_at(tiny_mlp, ti
                 assert not torch.allclose(g_reused, g_fresh, rtol=1e-6, atol=1e-9)
 
 
-def test_lumped_every_k_applies_k_steps_worth_where_it_computes_and_nothing_between(
+def test_lumped_every_k_adds_a_windows_push_at_its_last_step_and_nothing_else(
         tiny_mlp, tiny_enn, batch):
     model = tiny_mlp.double()
-    strength, every, total_steps = 3.0, 3, 7
-    instructor = GradInstructor(model, tiny_enn, strength=strength, total_steps=total_steps,
+    every, total_steps = 3, 7
+    schedule = lambda progress: 1.0 + 4.0 * progress  # noqa: E731
+    instructor = GradInstructor(model, tiny_enn, strength=schedule, total_steps=total_steps,
                                 every=every)  # spread=None, no optimizer: lumped
     assert instructor.spread is False
-    # computed at steps 0, 3 and 6; the last window has one step left, so it counts once
-    times = {0: 3, 3: 3, 6: 1}
+    # windows [0, 3), [3, 6) and [6, 7) (cut short by the run's end): g at each window's
+    # first step, the sum of the window's strengths times g at its last step
+    window_g, window_sum = None, 0.0
     for step in range(total_steps):
-        fresh = _enn_grad(tiny_enn, model, progress=step / total_steps)
+        if step % every == 0:
+            window_g, window_sum = _enn_grad(tiny_enn, model, progress=step / total_steps), 0.0
+        window_sum += schedule(step / total_steps)
         plain, wrapped = _wrapped_step(model, instructor, batch)
-        for diff, g in zip(_weight_diffs(model, plain, wrapped), fresh, strict=True):
-            expected = -strength * times.get(step, 0) * g
+        closes = step in (2, 5, 6)
+        for diff, g in zip(_weight_diffs(model, plain, wrapped), window_g, strict=True):
+            expected = -window_sum * g if closes else torch.zeros_like(g)
             torch.testing.assert_close(diff, expected, rtol=1e-12, atol=1e-12)
-        assert instructor.last_strength == strength
+        assert instructor.last_strength == schedule(step / total_steps)
 
 
-def test_lumped_and_spread_move_plain_sgd_weights_equally_over_a_window(tiny_mlp, tiny_enn):
-    """With only the ENN term (no task loss), k spread steps of g = one lumped step of k g."""
+@pytest.mark.parametrize("strength", [2.0, lambda p: 1.0 + 10.0 * p, lambda p: float(p < 0.3)])
+def test_lumped_and_spread_move_plain_sgd_weights_equally_over_windows(tiny_mlp, tiny_enn,
+                                                                         strength):
+    """With only the ENN term (no task loss) both reach the same weights at each window's end.
+
+    Both compute g at a window's first step from the same weights; spread adds
+    strength_t * g at each step, lumped the sum at the window's last step: the same
+    total, whatever the schedule (constant, rising, switched off mid-window).
+    """
     import copy
 
-    every = 4
-    ends = {}
+    every, total = 4, 10
+    weights_at: dict[bool, list] = {}
     for spread in (False, True):
         model = copy.deepcopy(tiny_mlp).double()
         optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-        gi = GradInstructor(model, tiny_enn, strength=2.0, total_steps=8, every=every,
-                            spread=spread)
-        for step in range(every):
+        gi = GradInstructor(model, tiny_enn, strength=strength, total_steps=total,
+                            every=every, spread=spread)
+        weights_at[spread] = []
+        for step in range(total):
             optimizer.zero_grad()
             gi(sum(0.0 * p.sum() for p in model.parameters())).backward()
             optimizer.step()
-            if step == 0 and not spread:  # the whole window's push at its first step
-                first = [w.detach().clone() for w in weight_parameters(model)]
-        ends[spread] = [w.detach().clone() for w in weight_parameters(model)]
-    for lumped, spread, after_first in zip(ends[False], ends[True], first, strict=True):
-        torch.testing.assert_close(lumped, spread, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(lumped, after_first, rtol=0, atol=0)
+            if step in (3, 7, 9):  # the windows' last steps
+                weights_at[spread].append([w.detach().clone() for w in weight_parameters(model)])
+    for lumped, spread in zip(weights_at[False], weights_at[True], strict=True):
+        for a, b in zip(lumped, spread, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     moved = max(float((a - w.detach()).abs().max())
-                for a, w in zip(ends[False], weight_parameters(tiny_mlp)))
+                for a, w in zip(weights_at[False][-1], weight_parameters(tiny_mlp)))
     assert moved > 1e-6
 
 
