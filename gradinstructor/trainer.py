@@ -114,7 +114,9 @@ class GradInstructor:
 
     Raises:
         CheckpointError: the ENN was trained on other layer shapes or another ratio.
-        ValueError: a negative constant strength or a non-positive ``total_steps``.
+        ValueError: a negative or non-finite constant strength, or a ``total_steps``,
+            ``segments`` or ``every`` that is not a positive integer.
+        TypeError: a ``strength``, ``spread`` or ``optimizer`` of the wrong kind.
     """
 
     def __init__(self, model: nn.Module, enn: ENN, strength: Strength = 1.0,
@@ -122,8 +124,10 @@ class GradInstructor:
                  ratio: float | None = None, every: int = DEFAULT_ENN_EVERY,
                  spread: bool | None = None,
                  optimizer: torch.optim.Optimizer | None = None) -> None:
-        if not isinstance(total_steps, int) or total_steps < 1:
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be a positive integer, but got {total_steps!r}")
+        if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
+            raise ValueError(f"segments must be a positive integer, but got {segments!r}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer, but got {every!r}")
         if spread is None:
@@ -132,11 +136,16 @@ class GradInstructor:
             raise TypeError(f"spread must be True, False or None, but got {spread!r}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None), but got "
-                            f"{type(optimizer).__name__}")
-        if isinstance(strength, (int, float)) and (strength < 0 or math.isnan(strength)):
+                            f"{optimizer!r} ({type(optimizer).__name__})")
+        if isinstance(strength, bool) or not (isinstance(strength, (int, float))
+                                              or callable(strength)
+                                              or hasattr(strength, "choose")):
+            raise TypeError(f"strength must be a number, a callable progress -> strength or a "
+                            f"ScheduleActor, but got {strength!r} ({type(strength).__name__})")
+        if isinstance(strength, (int, float)) and not 0 <= strength < math.inf:
             raise ValueError(
-                f"strength must be non-negative (it scales gradient ascent on the ENN score), "
-                f"but got {strength!r}"
+                f"strength must be a finite non-negative number (it scales gradient ascent on "
+                f"the ENN score), but got {strength!r}"
             )
         enn.check_model(model, ratio)  # also a clear error if the model has no weights
         self.model = model
@@ -166,7 +175,11 @@ class GradInstructor:
         return min(1.0, self.step / self.total_steps)
 
     def current_strength(self) -> float:
-        """The strength for the current step."""
+        """The strength for the current step.
+
+        Raises:
+            ValueError: a schedule returned a negative or non-finite strength.
+        """
         strength = self.strength
         if isinstance(strength, (int, float)):
             return float(strength)
@@ -175,7 +188,12 @@ class GradInstructor:
             if self._segment_strength is None or self.step % steps_per_segment == 0:
                 self._segment_strength = strength.choose(self.model, self.progress)
             return self._segment_strength
-        return float(strength(self.progress))
+        value = float(strength(self.progress))
+        if not 0 <= value < math.inf:
+            raise ValueError(f"strength: the schedule returned {value!r} at progress "
+                             f"{self.progress:.4g} (step {self.step}); it must return a "
+                             "finite non-negative number")
+        return value
 
     def enn_gradient(self) -> list[torch.Tensor]:
         """dENN/dw for each weight parameter at the current weights and progress."""

@@ -256,12 +256,29 @@ def test_the_enn_stays_frozen_in_a_plain_loop(tiny_mlp, tiny_enn, batch):
     ("kwargs", "name"),
     [({"strength": -1.0}, "strength"), ({"strength": float("nan")}, "strength"),
      ({"total_steps": 0}, "total_steps"), ({"total_steps": -3}, "total_steps"),
-     ({"total_steps": 2.5}, "total_steps"), ({"every": 0}, "every"), ({"every": -2}, "every")],
+     ({"total_steps": 2.5}, "total_steps"), ({"every": 0}, "every"), ({"every": -2}, "every"),
+     ({"strength": float("inf")}, "strength"), ({"total_steps": True}, "total_steps"),
+     ({"segments": 0}, "segments")],
 )
 def test_bad_arguments_are_refused_naming_the_argument(tiny_mlp, tiny_enn, kwargs, name):
     arguments = {"strength": 1.0, "total_steps": 10, "every": 1, **kwargs}
     with pytest.raises(ValueError, match=f"^{name} must be .*but got {kwargs[name]!r}"):
         GradInstructor(tiny_mlp, tiny_enn, **arguments)
+
+
+@pytest.mark.parametrize("strength", ["abc", torch.tensor(2.0), True])
+def test_a_strength_of_the_wrong_kind_is_refused_naming_it(tiny_mlp, tiny_enn, strength):
+    with pytest.raises(TypeError, match="^strength must be a number, a callable"):
+        GradInstructor(tiny_mlp, tiny_enn, strength=strength, total_steps=10)
+
+
+def test_a_schedule_returning_a_negative_strength_is_named(tiny_mlp, tiny_enn, batch):
+    gi = GradInstructor(tiny_mlp, tiny_enn, strength=lambda p: 1.0 - 2.0 * p, total_steps=4)
+    for _ in range(3):  # progress 0, 0.25, 0.5: strengths 1, 0.5, 0
+        gi(_task_loss(tiny_mlp, batch))
+    with pytest.raises(ValueError, match=r"strength: the schedule returned -0.5 at progress "
+                                         r"0.75 \(step 3\)"):
+        gi(_task_loss(tiny_mlp, batch))
 
 
 def test_a_model_without_weight_matrices_is_refused(tiny_enn):
