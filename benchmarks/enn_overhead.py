@@ -44,6 +44,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _args import positive_int, positive_ints, strength_or_actor
 
 from gradinstructor.device import resolve_device
 from gradinstructor.enn import ENN, ENNConfig
@@ -64,6 +65,28 @@ def _sync(task: Task) -> None:
     """Wait for the GPU's queued work, so that a timer reads finished steps."""
     if task.device.type == "cuda":
         torch.cuda.synchronize(task.device)
+
+
+def _task_and_enn(parser: argparse.ArgumentParser, args) -> tuple[Task, ENN]:
+    """The task (with --epochs) and the ENN; a bad name or checkpoint ends in parser.error."""
+    from gradinstructor.config import SettingsError
+    from gradinstructor.enn import CheckpointError
+
+    try:
+        task = load_task(args.task, device=args.device)
+        if args.epochs is not None:
+            import dataclasses
+
+            config = dataclasses.replace(task.config, epochs=args.epochs)
+            task = dataclasses.replace(task, config=config)
+        enn = _enn(task, args.enn)
+        enn.check_model(task.build_model(seed=0))
+    except (SettingsError, CheckpointError) as err:
+        parser.error(str(err))
+    if args.strength == "actor" and enn.actor_payload is None:
+        parser.error(f"--strength actor: {args.enn} holds no actor (it was not trained by RL); "
+                     "give a number")
+    return task, enn
 
 
 # A variant: (k, form, spread); form is "loss" (gi(loss)) or "grad" (gi.add_gradient()).
@@ -139,54 +162,48 @@ def accuracies(task: Task, enn: ENN, every: int, strength, seeds: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="mnist5k")
-    parser.add_argument("--every", type=int, default=DEFAULT_ENN_EVERY,
+    parser.add_argument("--task", default="mnist5k", help="task name or YAML (default: mnist5k)")
+    parser.add_argument("--every", type=positive_int, default=DEFAULT_ENN_EVERY,
                         help=f"the k judged (default: DEFAULT_ENN_EVERY = {DEFAULT_ENN_EVERY})")
-    parser.add_argument("--ks", default="1,5,10,25",
+    parser.add_argument("--ks", type=positive_ints, default=[1, 5, 10, 25],
                         help="other k to time, comma-separated (default: 1,5,10,25)")
-    parser.add_argument("--strength", default="10",
+    parser.add_argument("--strength", type=strength_or_actor, default=10.0,
                         help="ENN strength: a number (default 10), or 'actor' for the schedule "
                              "the ENN's RL agent learned in the accuracy check (the timing "
                              "then uses 10)")
     parser.add_argument("--init", choices=["default", "he"], default="default",
                         help="initialisation of the accuracy check's networks (default: "
                              "PyTorch's)")
-    parser.add_argument("--rounds", type=int, default=11, help="timing rounds (default: 11)")
-    parser.add_argument("--steps", type=int, default=200,
+    parser.add_argument("--rounds", type=positive_int, default=11,
+                        help="timing rounds (default: 11)")
+    parser.add_argument("--steps", type=positive_int, default=200,
                         help="steps per variant per round (default: 200: four ENN gradients "
                              "at the default k)")
-    parser.add_argument("--seeds", type=int, default=5,
+    parser.add_argument("--seeds", type=positive_int, default=5,
                         help="seeds of the accuracy check (default: 5)")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help="epochs of the accuracy check (default: the task's)")
     parser.add_argument("--enn", default=None, help="ENN checkpoint (default: untrained)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch intra-op threads (default: 1)")
     parser.add_argument("--device", default="cpu",
-                        help="cpu (default) or cuda: where the network, the data and the ENN "
-                             "run")
+                        help="cpu (default), cuda (cuda:N) or auto: where the network, the "
+                             "data and the ENN run")
     args = parser.parse_args(argv)
-    if args.strength != "actor":
-        try:
-            args.strength = float(args.strength)
-        except ValueError:
-            parser.error(f"--strength must be a number or 'actor', but got {args.strength!r}")
     try:
         resolve_device(args.device)
     except ValueError as err:
         parser.error(f"--device: {err}")
+    if args.strength == "actor" and not args.enn:
+        parser.error("--strength actor needs --enn with a checkpoint trained by RL (it holds "
+                     "the actor's schedule)")
     torch.set_num_threads(args.threads)
     print(f"settings: {vars(args)}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()}", flush=True)
     start = time.perf_counter()
-    task = load_task(args.task, device=args.device)
-    if args.epochs is not None:
-        import dataclasses
-
-        config = dataclasses.replace(task.config, epochs=args.epochs)
-        task = dataclasses.replace(task, config=config)
-    enn = _enn(task, args.enn)
+    task, enn = _task_and_enn(parser, args)
     k = args.every
-    others = sorted({int(v) for v in args.ks.split(",") if v} - {k})
+    others = sorted(set(args.ks) - {k})
     default: Variant = (k, "loss", False)
     spread: Variant = (k, "loss", True)
     grad_form: Variant = (k, "grad", False)
@@ -203,9 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.strength == "actor":
         from gradinstructor.agent import load_actor
 
-        if enn.actor_payload is None:
-            parser.error("--strength actor needs --enn with a checkpoint trained by RL "
-                         "(it holds the actor's schedule)")
         strength = load_actor(enn)
     else:
         strength = args.strength

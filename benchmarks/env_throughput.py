@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 import torch
+from _args import positive_int
 
 from gradinstructor.agent import make_vec_env
 from gradinstructor.config import load_agent_config
@@ -91,24 +92,42 @@ def measure(task_name: str, n_envs: int, segments: int, enn_every: int, seed: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="digits,mnist5k")
-    parser.add_argument("--n-envs", type=int, default=16)
-    parser.add_argument("--segments", type=int, default=30,
+    parser.add_argument("--tasks", default="digits,mnist5k",
+                        help="comma-separated MLP tasks with SGD (default: digits,mnist5k)")
+    parser.add_argument("--n-envs", type=positive_int, default=16,
+                        help="networks per VecEnv (default: 16)")
+    parser.add_argument("--segments", type=positive_int, default=30,
                         help="transitions timed on digits (default: 30, three whole episodes; "
                              "one takes under a second, too short to time on a shared machine)")
-    parser.add_argument("--mnist5k-segments", type=int, default=10,
+    parser.add_argument("--mnist5k-segments", type=positive_int, default=10,
                         help="transitions timed on mnist5k (default: 10, one whole episode)")
-    parser.add_argument("--enn-every", type=int, default=DEFAULT_ENN_EVERY)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--enn-every", type=positive_int, default=DEFAULT_ENN_EVERY,
+                        help=f"compute the ENN gradient every K steps (default: "
+                             f"{DEFAULT_ENN_EVERY})")
+    parser.add_argument("--seed", type=int, default=0, help="environment seed (default: 0)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch intra-op threads (default: 1)")
     args = parser.parse_args(argv)
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not names:
+        parser.error(f"--tasks must name at least one task, but got {args.tasks!r}")
+    for name in names:  # every task checked before anything is timed
+        from gradinstructor.config import SettingsError
+        from gradinstructor.vec_env import PopulationVecEnv
+
+        try:
+            reason = PopulationVecEnv.unsupported(load_task(name, device="cpu"))
+        except SettingsError as err:
+            parser.error(f"--tasks: {err}")
+        if reason:
+            parser.error(f"--tasks: the population cannot train {name!r}: {reason}")
     torch.set_num_threads(args.threads)
     print(f"settings: {vars(args)}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()}", flush=True)
     start = time.perf_counter()
     result: dict = {"n_envs": args.n_envs, "threads": torch.get_num_threads(),
                     "enn_every": args.enn_every}
-    for name in [t for t in args.tasks.split(",") if t]:
+    for name in names:
         segments = args.mnist5k_segments if name == "mnist5k" else args.segments
         res = measure(name, args.n_envs, segments, args.enn_every, args.seed)
         print(f"{name}: dummy {res['dummy_steps_per_s']:.2f} segments/s, population "

@@ -484,7 +484,7 @@ def test_bad_enn_settings_name_the_setting(kwargs, exception, message):
 
 
 def test_a_negative_strength_is_refused(tiny_mlp, tiny_enn):
-    with pytest.raises(ValueError, match="strength must be a finite non-negative number.*but got -1.0"):
+    with pytest.raises(ValueError, match="strength must be a finite non-negative.*but got -1.0"):
         GradInstructor(tiny_mlp, tiny_enn, strength=-1.0)
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,3 +45,19 @@ def test_env_throughput_smoke_run_reports_both_ratios_and_equal_results(tmp_path
         assert res["dummy_steps_per_s"] > 0 and res["population_steps_per_s"] > 0
         # the same per-network results: weights to float rounding, identical rewards
         assert res["max_weight_diff"] < 1e-4 and res["max_reward_diff"] < 1e-6
+
+
+@pytest.mark.parametrize(("name", "args", "message"), [
+    ("enn_overhead.py", ["--strength", "actor"], "--strength actor needs --enn"),
+    ("enn_overhead.py", ["--strength", "abc"], "argument --strength: must be a finite non-"),
+    ("enn_overhead.py", ["--ks", "0,3"], "argument --ks: must list positive integers"),
+    ("enn_overhead.py", ["--rounds", "0"], "argument --rounds: must be a positive integer"),
+    ("env_throughput.py", ["--n-envs", "0"], "argument --n-envs: must be a positive integer"),
+    ("env_throughput.py", ["--tasks", "nosuch"], "--tasks: unknown task 'nosuch'"),
+])
+def test_bad_benchmark_arguments_end_in_one_line_errors(tmp_path, name, args, message):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "settings:" not in result.stdout  # refused before any timing
