@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="Grad-CAM of the ENN on a target network",
                        description="Train a target network with the ENN term and save Grad-CAM "
-                                   "maps of the ENN beside its weights at init, 25%%, 50%% and "
-                                   "100%% of the budget in RUN/gradcam/. With --prune, also "
+                                   "maps of the ENN beside its weights at init, 25%, 50% and "
+                                   "100% of the budget in RUN/gradcam/. With --prune, also "
                                    "the lottery-ticket check (RUN/prune.json).")
     _common(p)
     p.add_argument("--enn", type=Path, default=None,
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train-enn, compare, explain and report on mnist5k",
                        description="The whole pipeline on the embedded MNIST digits: prints the "
                                    "comparison table and the path of the HTML report.")
-    p.add_argument("--quick", action="store_true", help="tiny budgets (about a minute)")
+    p.add_argument("--quick", action="store_true", help="tiny budgets (about 30 s)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"),
                    help="run folder (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -101,9 +101,8 @@ class GradInstructor:
             push of its unfinished window.
             None (the default): spread unless ``optimizer`` is a
             ``torch.optim.SGD``; lumped when no optimizer is given. Measured: on the
-            mnist5k MLP lumped and spread give the every-step accuracy; on a small CNN
-            (``mnist5k-cnn``, He init) a lumped pulse cost one seed in ten 6 points
-            (``benchmarks/results/mnist5k-cnn.md``): prefer spread for small kernels.
+            mnist5k MLP and the mnist5k-cnn CNN both give the every-step accuracy
+            (``benchmarks/results/mnist5k-cnn.md``, README "Speed").
             ``benchmarks/enn_overhead.py`` measures the cost and the accuracy of both.
         optimizer: the optimiser of the loop, only to choose ``spread``. Pass it
             whenever it is not plain SGD (or pass ``spread=True``).

@@ -33,7 +33,7 @@ def add_sweep_parser(sub) -> argparse.ArgumentParser:
                     "ENN from the trials' diagnostics.")
     p.add_argument("file", metavar="FILE",
                    help="sweep name (sweeps/NAME.yaml) or path, or `analyze`")
-    p.add_argument("analyze_file", nargs="?", metavar="FILE", default=None,
+    p.add_argument("analyze_file", nargs="?", metavar="ANALYZE_FILE", default=None,
                    help="with `analyze`: the sweep file whose study to analyze")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL (sqlite:///x.db, postgresql://user:pw@host/db) or "
