@@ -136,8 +136,8 @@ def stage_train_enn(task: Task, run_dir: Path, agent: str = "ppo", timesteps: in
     result.enn.save(run_dir / "enn.pt")
     write_json(run_dir / "train_enn.json",
                {"metadata": result.enn.metadata, "episodes": result.episodes})
-    record_run_info(run_dir, "train-enn", {"task": task.name, "agent":
-                                           dataclasses.asdict(agent_cfg),
+    record_run_info(run_dir, "train-enn", {"task": task.name, "device": str(task.device),
+                                           "agent": dataclasses.asdict(agent_cfg),
                                            "timesteps": timesteps, "seed": seed,
                                            "enn_every": enn_every, "save_every": save_every,
                                            "resumed_at": result.enn.metadata.get("resumed_at",
@@ -194,8 +194,8 @@ def stage_compare(task: Task, run_dir: Path, enn: ENN | None, seeds: list[int],
         bar.close()
     write_json(run_dir / "results.json", results)
     tracker.log_table("eval/comparison", TABLE_COLUMNS, table_rows(results))
-    record_run_info(run_dir, "compare", {"task": task.name, "seeds": seeds,
-                                         "methods": list(methods),
+    record_run_info(run_dir, "compare", {"task": task.name, "device": str(task.device),
+                                         "seeds": seeds, "methods": list(methods),
                                          "strength": results["strength"],
                                          "enn_every": enn_every})
     return results
@@ -268,8 +268,9 @@ def stage_explain(task: Task, run_dir: Path, enn: ENN, seed: int = 0,
             tracker.log_image(f"explain/gradcam/layer{index}", out / file,
                               caption=f"layer {index} at {snap['label']} (step {snap['step']})")
     logger.info("Grad-CAM over training in %.1f s", time.perf_counter() - start)
-    record_run_info(run_dir, "explain", {"task": task.name, "seed": seed, "layer": name,
-                                         "prune": prune, "draws": draws})
+    record_run_info(run_dir, "explain", {"task": task.name, "device": str(task.device),
+                                         "seed": seed, "layer": name, "prune": prune,
+                                         "draws": draws})
     if not prune:
         return paths
 

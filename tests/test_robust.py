@@ -561,6 +561,7 @@ def test_the_same_seed_gives_the_same_quick_demo(quick_demo_run, tmp_path, recor
         assert stage["packages"]["gradinstructor"] == "0.1.0"
         assert {"stable-baselines3", "numpy", "gymnasium"} <= set(stage["packages"])
         assert stage["python"] == sys.version.split()[0]
+        assert stage["settings"]["device"] == "cpu"  # auto here (CUDA hidden): the CPU
     assert info["train-enn"]["settings"]["seed"] == 0
     assert info["train-enn"]["settings"]["agent"]["algorithm"] == "ppo"
     assert info["compare"]["settings"]["seeds"] == [0, 1]

@@ -53,10 +53,14 @@ def write_sweep(path: Path, name: str, strengths: list[int] | None = None) -> Pa
 
 def start_worker(sweep: Path, *options: str, trials: int = TARGET) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    # SIGINT back to its default in the worker, so that Python turns it into
+    # KeyboardInterrupt even where the test runner was started with SIGINT ignored (a
+    # background job of a script): otherwise the worker ignores Ctrl-C and finishes
     return subprocess.Popen(
         [sys.executable, "-m", "gradinstructor.cli", "sweep", str(sweep), "--trials",
          str(trials), "--tracker", "none", "--no-progress", *options],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(proc: subprocess.Popen, timeout: float = WAIT) -> tuple[int, str, str]:
