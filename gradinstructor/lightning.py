@@ -101,32 +101,17 @@ class GradInstructorCallback(pl.Callback):
         # the ENN reads and the schedule continue), the window's g and summed strength
         saved, self._saved = self._saved, None
         if saved:
-            self._restore(saved, pl_module.device)
+            self.instructor.load_state_dict(saved)
         else:
             self.instructor.step = int(trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         """The instructor's progress, saved in Lightning checkpoints (CPU tensors)."""
-        gi = self.instructor
-        if gi is None:
-            return {}
-        grads = gi._enn_grads
-        return {"step": gi.step, "pending": gi._pending,
-                "segment_strength": gi._segment_strength, "last_score": gi.last_score,
-                "last_strength": gi.last_strength,
-                "enn_grads": None if grads is None else [g.detach().cpu() for g in grads]}
+        return {} if self.instructor is None else self.instructor.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep a checkpoint's state for the instructor made at the start of the fit."""
         self._saved = dict(state_dict) if state_dict else None
-
-    def _restore(self, saved: dict[str, Any], device: torch.device) -> None:
-        gi = self.instructor
-        gi.step, gi._pending = int(saved["step"]), float(saved["pending"])
-        gi._segment_strength = saved["segment_strength"]
-        gi.last_score, gi.last_strength = saved["last_score"], saved["last_strength"]
-        grads = saved["enn_grads"]
-        gi._enn_grads = None if grads is None else [g.to(device) for g in grads]
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: Any) -> None:

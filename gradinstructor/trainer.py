@@ -212,8 +212,8 @@ class GradInstructor:
             self._enn_grads = self.enn_gradient()
         return self._enn_grads
 
-    def _contributions(self, strength: float) -> list[tuple[float, list[torch.Tensor]]]:
-        """What this step adds to the gradient: (coefficient, g) pairs, coefficient * g each.
+    def _contribution(self, strength: float) -> tuple[float, list[torch.Tensor]] | None:
+        """What this step adds to the gradient: (coefficient, g) for coefficient * g, or None.
 
         Spread: ``(strength, g)``, g recomputed every ``every`` steps. Lumped: steps
         ``[j * every, (j + 1) * every)`` form a window; its g is computed at its first
@@ -223,7 +223,7 @@ class GradInstructor:
         form's, whatever the strength does.
         """
         if self.spread:
-            return [(strength, self._current_grads())] if strength != 0.0 else []
+            return (strength, self._current_grads()) if strength != 0.0 else None
         if self.step % self.every == 0:  # a new window
             self._enn_grads, self._pending = None, 0.0
         if strength != 0.0:
@@ -233,17 +233,17 @@ class GradInstructor:
         closes = (self.step + 1) % self.every == 0 or self.step + 1 == self.total_steps
         if closes and self._pending != 0.0:
             pending, self._pending = self._pending, 0.0
-            return [(pending, self._enn_grads)]
-        return []
+            return pending, self._enn_grads
+        return None
 
     def enn_term(self) -> torch.Tensor:
         """A 0-d tensor whose gradient in the weights is what this step adds (see spread)."""
         strength = self.current_strength()
         self.last_strength = strength
-        parts = self._contributions(strength)
-        if not parts:
+        part = self._contribution(strength)
+        if part is None:
             return torch.zeros((), device=self._weights[0].device)
-        coefficient, grads = parts[0]
+        coefficient, grads = part
         if self._scaled_for is not grads or self._scaled_strength != coefficient:
             # cached until g or the coefficient changes: a reused g costs no new tensor
             self._scaled = [g * coefficient for g in grads]
@@ -268,7 +268,9 @@ class GradInstructor:
         """
         strength = self.current_strength()
         self.last_strength = strength
-        for coefficient, grads in self._contributions(strength):
+        part = self._contribution(strength)
+        if part is not None:
+            coefficient, grads = part
             for g, w in zip(grads, self._weights):
                 term = g.to(device=w.device, dtype=w.dtype) * (-coefficient * scale)
                 if w.grad is None:
@@ -277,6 +279,23 @@ class GradInstructor:
                     w.grad.add_(term)
         self.step += 1
         return strength
+
+    def state_dict(self) -> dict:
+        """The progress of the run (step, the current window's g and summed strength, the
+        actor's current choice, the last score and strength), with CPU tensors."""
+        grads = self._enn_grads
+        return {"step": self.step, "pending": self._pending,
+                "segment_strength": self._segment_strength, "last_score": self.last_score,
+                "last_strength": self.last_strength,
+                "enn_grads": None if grads is None else [g.detach().cpu() for g in grads]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from a :meth:`state_dict`; its tensors move to the weights' device."""
+        self.step, self._pending = int(state["step"]), float(state["pending"])
+        self._segment_strength = state["segment_strength"]
+        self.last_score, self.last_strength = state["last_score"], state["last_strength"]
+        grads, device = state["enn_grads"], self._weights[0].device
+        self._enn_grads = None if grads is None else [g.to(device) for g in grads]
 
     def __call__(self, loss: torch.Tensor) -> torch.Tensor:
         """Return ``loss - strength * ENN(weights)`` and advance the step counter.

@@ -113,15 +113,16 @@ class _Recording(GradInstructorCallback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         super().on_fit_start(trainer, pl_module)
-        gi, contributions = self.instructor, self.instructor._contributions
+        gi, contribution = self.instructor, self.instructor._contribution
         self.added: list[tuple[int, list[float], list]] = []
 
         def record(strength: float):
-            out = contributions(strength)
-            self.added.append((gi.step, [c for c, _ in out], [g for _, g in out]))
+            out = contribution(strength)
+            parts = [] if out is None else [out]
+            self.added.append((gi.step, [c for c, _ in parts], [g for _, g in parts]))
             return out
 
-        gi._contributions = record
+        gi._contribution = record
 
 
 def test_a_resumed_fit_continues_the_instructor_where_the_checkpoint_left_it(tmp_path):
