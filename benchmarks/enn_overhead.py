@@ -100,7 +100,7 @@ def time_steps(task: Task, enn: ENN, variants: list[Variant], strength: float, r
     Returns ``(times, ratios)``: ``times[v]`` is the median over rounds of variant v's
     mean step time (plain: v = None); ``ratios[v]`` the median over rounds of v's time
     divided by the plain time of the same round. Pairing within a round cancels the
-    drifts of a shared machine's speed between rounds (up to 1.5x here).
+    drifts of a shared machine's speed between rounds.
     """
     data, cfg = task.data, task.config
     batches = list(batch_order(len(data.train_y), cfg.batch_size, 1, seed=0))

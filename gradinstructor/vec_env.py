@@ -384,8 +384,8 @@ class PopulationVecEnv(VecEnv):
         weights = self.weights if ids is None else [w[ids] for w in self.weights]
         biases = self.biases if ids is None else [b[ids] for b in self.biases]
 
-        # feature-major (m, features, B) throughout: 15-25% faster than (m, B, features)
-        # for these small products (benchmarks/env_throughput.py)
+        # feature-major (m, features, B) throughout: faster than (m, B, features) for
+        # these small batched products (benchmarks/env_throughput.py times the whole step)
         inputs, logits = self._forward_batch(x.transpose(1, 2), weights, biases)
         log_probs = F.log_softmax(logits, dim=1)  # (m, classes, B)
         nll = -log_probs.gather(1, y.unsqueeze(1)).squeeze(1)  # (m, B)
